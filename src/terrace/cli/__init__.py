@@ -1,0 +1,1 @@
+"""The ``terrace`` command line."""

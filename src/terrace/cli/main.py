@@ -1,0 +1,36 @@
+"""The ``terrace`` command: one Typer app, one module per command group."""
+
+from __future__ import annotations
+
+import typer
+
+from terrace import __version__
+from terrace.cli.validate import validate
+
+app = typer.Typer(
+    name="terrace",
+    help="Terrace: build, test, run, route and scale a whole landscape from one ci.yml.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command()(validate)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"terrace {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Terrace: build, test, run, route and scale a whole landscape from one ci.yml."""
+
+
+def main() -> None:
+    app()

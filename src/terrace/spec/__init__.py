@@ -1,0 +1,1 @@
+"""Reading the files users write: landscapes (ci.yml) and providers (provider.yml)."""
