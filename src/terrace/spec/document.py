@@ -77,7 +77,7 @@ def load_document(text: str, *, file: str, collector: Collector) -> Document:
     that leave the structure readable (duplicate keys, unsupported tags) go to ``collector``.
     An empty document yields ``data=None``.
     """
-    yaml = YAML(typ="rt", pure=True)
+    yaml = YAML(typ="safe", pure=True)
     try:
         root = yaml.compose(text)
     except MarkedYAMLError as exc:

@@ -234,9 +234,11 @@ def _normalise(reader: Reader, path: JsonPath, schema: dict[str, Any]) -> None:
             sub["properties"] = {}
 
 
+_META = Draft202012Validator(Draft202012Validator.META_SCHEMA)
+
+
 def _meta_validate(reader: Reader, path: JsonPath, schema: dict[str, Any]) -> None:
-    validator = Draft202012Validator(Draft202012Validator.META_SCHEMA)
-    for error in validator.iter_errors(schema):
+    for error in _META.iter_errors(schema):
         where = (*path, *error.absolute_path)
         reader.error(where, _meta_message(error))
 
