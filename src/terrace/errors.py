@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 __all__ = ["Diagnostic", "Severity", "SpecError", "TerraceError"]
 
@@ -85,6 +86,10 @@ class SpecError(TerraceError):
         self.warnings = tuple(sorted(warnings, key=Diagnostic.sort_key))
         super().__init__("\n".join(str(p) for p in ordered))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exceptions pickle their args; ours is built from problems, so rebuild from those.
+        return (_rebuild_spec_error, (self.problems, self.warnings))
+
     @classmethod
     def single(
         cls, message: str, *, file: str, line: int = 1, column: int = 1, path: str = ""
@@ -115,3 +120,9 @@ class SpecError(TerraceError):
     @property
     def message(self) -> str:
         return self.first.message
+
+
+def _rebuild_spec_error(
+    problems: tuple[Diagnostic, ...], warnings: tuple[Diagnostic, ...]
+) -> SpecError:
+    return SpecError(problems, warnings=warnings)

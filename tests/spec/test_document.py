@@ -120,3 +120,18 @@ def test_collection_keys_and_unknown_tags_are_errors() -> None:
         "mapping keys must be plain text, not collections",
         "unsupported YAML tag '!custom'; write the value as text",
     ]
+
+
+def test_keys_written_next_to_a_merge_win_with_their_own_text_and_position() -> None:
+    doc, collector = load("x: &b {VERSION: 2.10, B: 1.50}\nenv: {<<: *b, VERSION: 3.10}\n")
+    assert doc.data["env"] == {"VERSION": 3.1, "B": 1.5}
+    assert doc.raw(("env", "VERSION")) == "3.10"
+    assert doc.raw(("env", "B")) == "1.50"
+    assert doc.mark(("env", "VERSION")) == Mark(2, 24)
+    assert collector.errors == ()
+
+
+def test_yaml_1_1_directive_explicit_tags_and_odd_plain_values() -> None:
+    doc, collector = load("%YAML 1.1\n---\na: yes\nb: !!int '3'\nc: <<\nd: =\ne: !!str 12\n")
+    assert doc.data == {"a": True, "b": 3, "c": "<<", "d": "=", "e": "12"}
+    assert collector.errors == ()

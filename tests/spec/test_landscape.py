@@ -453,3 +453,102 @@ def test_commands_do_not_evaluate_expressions() -> None:
 def test_profile_is_recorded() -> None:
     model = parse_landscape("run: {steps: [{command: x}]}\n", profile="prod").value
     assert model.profile == "prod"
+
+
+def test_a_service_with_nothing_to_run_still_has_its_other_fields_checked() -> None:
+    error = landscape_errors(
+        """\
+        schemaVersion: v0.2
+        run:
+          web:
+            replicas: 0
+            env: {A: [1]}
+            healthEndpoint: nope
+            mountSubPath: /abs
+        """
+    )
+    assert rows(error.problems) == [
+        (3, "run.web"),
+        (4, "run.web.replicas"),
+        (5, "run.web.env.A"),
+        (6, "run.web.healthEndpoint"),
+        (7, "run.web.mountSubPath"),
+    ]
+
+
+def test_expressions_inside_nested_config_values_are_parsed() -> None:
+    error = landscape_errors(
+        """\
+        schemaVersion: v0.2
+        run:
+          db:
+            provider: {name: postgres, version: v1}
+            plan: {id: 0}
+            config:
+              list: ["${{ vault.SECRET }}", "${{ bogus }}"]
+        """
+    )
+    assert rows(error.problems) == [(7, "run.db.config.list[1]")]
+    model = landscape(
+        """\
+        schemaVersion: v0.2
+        run:
+          db:
+            provider: {name: postgres, version: v1}
+            plan: {id: 0}
+            config: {obj: {pw: "${{ vault.OTHER }}"}, list: ["${{ vault.SECRET }}", 3]}
+        """
+    ).value
+    assert model.vault_names == frozenset({"OTHER", "SECRET"})
+
+
+def test_a_legacy_service_that_is_not_public_gets_no_route() -> None:
+    model = landscape("run: {isPublic: false, steps: [{command: serve}]}\n").value
+    assert model.services["app"].network == Network(ports=(Port(number=3000, public=False),))
+
+
+def test_one_mistake_gives_one_error() -> None:
+    error = landscape_errors(
+        """\
+        schemaVersion: v0.2
+        run:
+          a:
+            steps: [{command: x}]
+            network:
+              ports: {port: 3000}
+              paths: [{port: 3000, path: /}]
+          b:
+            image: "ng inx"
+            command: [nginx]
+          c:
+            image: nginx
+            command: []
+        """
+    )
+    assert rows(error.problems) == [
+        (6, "run.a.network.ports"),
+        (9, "run.b.image"),
+        (13, "run.c.command"),
+    ]
+    assert "non-empty list of strings" in error.problems[2].message
+
+
+def test_legacy_run_steps_that_are_not_a_list() -> None:
+    error = landscape_errors("run:\n  steps: echo hi\n")
+    assert rows(error.problems) == [(2, "run.steps")]
+    assert error.message == "`steps` must be a list, got text 'echo hi'"
+
+
+def test_mount_paths_are_compared_normalised() -> None:
+    error = landscape_errors(
+        """\
+        schemaVersion: v0.4
+        run:
+          c:
+            image: nginx
+            volumeMounts:
+              - {mountPath: /data, workspacePath: a}
+              - {mountPath: /data/, workspacePath: b}
+        """
+    )
+    assert error.message == "'/data' is mounted twice"

@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import http.server
+import threading
+from pathlib import Path
+from typing import ClassVar
+
 import pytest
 
 from terrace.spec.expressions import RefKind
@@ -226,7 +231,7 @@ def test_x_endpoint_templates_are_checked() -> None:
         "uses {{hostnme}}, which is not a detailsSchema property (known: b, c, d, hostname); "
         "did you mean {{hostname}}?"
     ) in text
-    assert "`b` cannot use `b` itself" in text
+    assert "`b` cannot be computed from itself" in text
     assert "fetched with GET; method 'POST' is not supported" in text
     assert "must be an http:// or https:// URL" in text
 
@@ -336,3 +341,176 @@ def test_required_fields(missing: str) -> None:
     text = "\n".join(v for k, v in fields.items() if k != missing) + "\n"
     error = provider_errors(text)
     assert missing in error.message
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    hits: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.hits.append(self.path)
+        body = b'{"const": "TOP-SECRET"}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_refs_outside_the_schema_are_refused_and_never_fetched(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"const": "TOP-SECRET"}')
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/schema.json"
+        error = provider_errors(
+            f"""\
+            name: x
+            version: v1
+            backend: {{landscape: {{}}}}
+            configSchema:
+              type: object
+              $defs: {{n: {{type: integer}}}}
+              properties:
+                a: {{$ref: "{url}", default: 5}}
+                b: {{$ref: "file://{secret}", default: x}}
+                c: {{$ref: "#/$defs/n", default: 1}}
+                d: {{$ref: "#", default: 1}}
+            """
+        )
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+    assert rows(error.problems) == [
+        (8, "configSchema.properties.a.$ref"),
+        (9, "configSchema.properties.b.$ref"),
+    ]
+    assert "nothing is fetched" in error.problems[0].message
+    assert "TOP-SECRET" not in str(error)
+    assert _Recorder.hits == []
+
+
+def test_defaults_and_patterns_that_break_validators_are_errors_not_crashes() -> None:
+    error = provider_errors(
+        """\
+        name: x
+        version: v1
+        backend: {landscape: {}}
+        configSchema:
+          type: object
+          properties:
+            a: {type: string, pattern: 'a{99999999999999999999}'}
+            b: {type: string, pattern: '^(a|a)+$', default: 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa!'}
+            c: {type: number, multipleOf: 0.5, default: .inf}
+            d: {type: number, multipleOf: 0.5, default: .nan}
+            e: {type: integer, default: 7}
+        """
+    )
+    assert rows(error.problems)[:2] == [
+        (7, "configSchema.properties.a.pattern"),
+        (8, "configSchema.properties.b.default"),
+    ]
+    assert "took too long" in error.problems[1].message
+
+
+def test_update_constraints_only_on_properties() -> None:
+    error = provider_errors(
+        """\
+        name: x
+        version: v1
+        backend: {landscape: {}}
+        configSchema:
+          type: object
+          x-update-constraint: immutable
+          properties:
+            tags:
+              type: array
+              items: {type: integer, x-update-constraint: increase-only}
+            size:
+              allOf: [{type: integer, x-update-constraint: increase-only}]
+            nested:
+              type: object
+              properties:
+                gb: {type: integer, x-update-constraint: increase-only}
+        """
+    )
+    assert rows(error.problems) == [
+        (6, "configSchema.x-update-constraint"),
+        (10, "configSchema.properties.tags.items.x-update-constraint"),
+        (12, "configSchema.properties.size.allOf[0].x-update-constraint"),
+    ]
+
+
+def test_schema_messages_name_the_real_mistake() -> None:
+    error = provider_errors(
+        """\
+        name: x
+        version: v1
+        backend: {landscape: {}}
+        configSchema:
+          type: object
+          properties:
+            type: 5
+            required: {type: [strng]}
+        """
+    )
+    assert [d.message for d in error.problems] == [
+        "the schema of `type` must be a mapping, got a number (5)",
+        "unknown JSON Schema type 'strng' (use one of array, boolean, integer, null, number, "
+        "object, string); did you mean 'string'?",
+    ]
+
+
+def test_details_fields_computed_in_a_cycle() -> None:
+    error = provider_errors(
+        """\
+        name: x
+        version: v1
+        backend: {landscape: {}}
+        detailsSchema:
+          type: object
+          properties:
+            a: {type: object, x-endpoint: "http://x/{{b}}"}
+            b: {type: object, x-endpoint: "http://x/{{a}}"}
+            c: {type: string, default: "${{ .c }}/x"}
+        """
+    )
+    assert [d.message for d in error.problems] == [
+        "details fields are computed from each other in a cycle: a -> b -> a",
+        "`c` cannot be computed from itself",
+    ]
+
+
+def test_plan_parameter_schema_problems_are_all_reported() -> None:
+    error = provider_errors(
+        """\
+        name: x
+        version: v1
+        backend: {landscape: {}}
+        plans:
+          - id: 0
+            parameters:
+              storage:
+                pricedAs: storage-mib
+                schema:
+              cpu: {pricedAs: cycles, schema: {type: strin}}
+        """
+    )
+    assert rows(error.problems) == [
+        (9, "plans[0].parameters.storage.schema"),
+        (10, "plans[0].parameters.cpu.pricedAs"),
+        (10, "plans[0].parameters.cpu.schema.type"),
+    ]
+
+
+def test_a_missing_schema_is_one_warning() -> None:
+    parsed = provider("name: x\nversion: v1\ndisplayName: X\nbackend: {landscape: {}}\n")
+    assert [w.message for w in parsed.warnings] == [
+        "no `configSchema`; read as an object schema with no properties",
+        "no `detailsSchema`; read as an object schema with no properties",
+        "no `secretsSchema`; read as an object schema with no properties",
+    ]

@@ -69,3 +69,19 @@ def test_numbers_compare_as_numbers_and_wrong_types_are_left_to_the_schema() -> 
     assert messages({"EMAIL_PREFIX": 1}, {"EMAIL_PREFIX": True}) == [
         "EMAIL_PREFIX is immutable: 1 -> true"
     ]
+
+
+def test_null_counts_as_removal_and_as_no_value_yet() -> None:
+    assert messages({"MAX_USERS": 100}, {"MAX_USERS": None}) == [
+        "MAX_USERS may only increase and cannot be removed (it is 100)"
+    ]
+    assert messages({"EMAIL_PREFIX": None}, {"EMAIL_PREFIX": "x"}) == []
+
+
+def test_removing_the_parent_object_removes_its_constrained_children() -> None:
+    assert messages({"storage": {"gb": 10}}, {}) == [
+        "storage.gb may only increase and cannot be removed (it is 10)"
+    ]
+    assert messages({"storage": {"gb": 10}}, {"storage": None}) == [
+        "storage.gb may only increase and cannot be removed (it is 10)"
+    ]

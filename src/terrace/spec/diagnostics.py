@@ -17,7 +17,7 @@ T = TypeVar("T")
 JsonPath = tuple[str | int, ...]
 """A path into a document: mapping keys and sequence indexes, outermost first."""
 
-_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+_PLAIN_KEY = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$-]*$")
 
 
 @dataclass(frozen=True, slots=True)

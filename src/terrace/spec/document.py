@@ -217,18 +217,34 @@ class _Builder:
             if not isinstance(item, MappingNode):
                 self.collector.error(_mark_of(item), path, "'<<' merges only mappings")
                 continue
-            built = self.build(item, path, depth)
+            # Build the source into a scratch document, then keep only what the mapping does
+            # not set itself: explicit keys win, with their own positions and source text.
+            real, scratch = self.doc, Document(file=self.doc.file, data=None)
+            self.doc = scratch
+            try:
+                built = self.build(item, path, depth)
+            finally:
+                self.doc = real
             if not isinstance(built, dict):
                 continue
             for key, value in built.items():
-                if key not in into:
-                    into[key] = value
-                    self.doc.key_marks.setdefault((*path, key), _mark_of(item))
+                if key in into:
+                    continue
+                into[key] = value
+                prefix = (*path, key)
+                for table, source_table in (
+                    (real.value_marks, scratch.value_marks),
+                    (real.key_marks, scratch.key_marks),
+                    (real.raw_scalars, scratch.raw_scalars),
+                ):
+                    for at, entry in source_table.items():
+                        if at[: len(prefix)] == prefix:
+                            table.setdefault(at, entry)  # type: ignore[arg-type]
 
     def _scalar(self, node: ScalarNode, path: JsonPath) -> Any:
         text = str(node.value)
         tag = _tag(node)
-        if node.style is not None or tag in (_TAG + "str", "!"):
+        if tag in (_TAG + "str", "!"):
             return text
         value = _resolve_plain(tag, text)
         if value is _UNSUPPORTED:
@@ -248,12 +264,13 @@ def _resolve_plain(tag: str, text: str) -> Any:
     if tag == _TAG + "null":
         return None
     if tag == _TAG + "bool":
-        return text.lower() == "true"
+        # Under `%YAML 1.1` the resolver also tags yes/on/y as booleans.
+        return text.lower() in ("true", "yes", "on", "y")
     if tag == _TAG + "int":
         return _parse_int(text)
     if tag == _TAG + "float":
         return _parse_float(text)
-    if tag in (_TAG + "timestamp", _TAG + "binary"):
+    if tag in (_TAG + "timestamp", _TAG + "binary", _TAG + "merge", _TAG + "value"):
         return text
     return _UNSUPPORTED
 

@@ -39,13 +39,15 @@ __all__ = [
     "Template",
     "bare_placeholders",
     "parse_template",
+    "placeholders",
 ]
 
 OPEN = "${{"
 CLOSE = "}}"
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
-_BARE = re.compile(r"(?<!\$)\{\{\s*(\.?[A-Za-z_][A-Za-z0-9_.\-\[\]'\"]*)\s*\}\}")
+_PLACEHOLDER = re.compile(r"(?<!\$)\{\{\s*([^{}]*?)\s*\}\}")
+_REF_LIKE = re.compile(r"^\.?[A-Za-z_][A-Za-z0-9_.\-\[\]'\"]*$")
 
 SUPPORTED = (
     "vault.NAME, vault['name'], workspace.env.NAME, workspace.env['NAME'], workspace.id, team.id"
@@ -185,9 +187,14 @@ def parse_template(text: str, *, allow_details: bool = False) -> Template:
     return Template(source=text, parts=tuple(parts))
 
 
+def placeholders(text: str) -> list[tuple[str, str]]:
+    """Every ``{{ name }}`` not preceded by ``$``: (the whole match, the trimmed name)."""
+    return [(m.group(0), m.group(1)) for m in _PLACEHOLDER.finditer(text)]
+
+
 def bare_placeholders(text: str) -> list[str]:
     """``{{ x }}`` without the leading ``$``: text that looks like a reference but is literal."""
-    return [m.group(0) for m in _BARE.finditer(text)]
+    return [whole for whole, name in placeholders(text) if _REF_LIKE.match(name)]
 
 
 def _parse_reference(inner: str, *, offset: int, allow_details: bool) -> Reference:

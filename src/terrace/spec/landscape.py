@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_PORT",
     "LEGACY_SERVICE_NAME",
     "WORKSPACE_MOUNT",
+    "ConfigValue",
     "HealthCheck",
     "HealthCheckKind",
     "Landscape",
@@ -31,6 +32,7 @@ __all__ = [
     "Stage",
     "Step",
     "VolumeMount",
+    "config_references",
 ]
 
 DEFAULT_PORT = 3000
@@ -162,6 +164,21 @@ class ProviderRef:
     version: str
 
 
+ConfigValue = Template | int | float | bool | None | list["ConfigValue"] | dict[str, "ConfigValue"]
+"""A managed service's config value: text is a :class:`Template` at any depth."""
+
+
+def config_references(value: ConfigValue) -> list[Reference]:
+    """Every reference inside a config value, depth first."""
+    if isinstance(value, Template):
+        return list(value.references)
+    if isinstance(value, list):
+        return [ref for item in value for ref in config_references(item)]
+    if isinstance(value, dict):
+        return [ref for item in value.values() for ref in config_references(item)]
+    return []
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ManagedServiceEntry:
     """A managed service declared in the landscape (``provider:`` under ``run``)."""
@@ -170,14 +187,15 @@ class ManagedServiceEntry:
     provider: ProviderRef
     plan_id: int | str
     plan_parameters: Mapping[str, object] = field(default_factory=_frozen_map)
-    config: Mapping[str, Template | object] = field(default_factory=_frozen_map)
-    """Values are :class:`Template` for text, or the plain number / boolean / list / mapping."""
+    config: Mapping[str, ConfigValue] = field(default_factory=_frozen_map)
+    """Text is a :class:`Template` (also inside lists and mappings); other values as written."""
     secrets: Mapping[str, Template] = field(default_factory=_frozen_map)
 
     @property
     def references(self) -> tuple[Reference, ...]:
-        values = [*self.config.values(), *self.secrets.values()]
-        return tuple(ref for v in values if isinstance(v, Template) for ref in v.references)
+        found = [ref for value in self.config.values() for ref in config_references(value)]
+        found += [ref for value in self.secrets.values() for ref in value.references]
+        return tuple(found)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -110,7 +110,7 @@ class _LandscapeParser:
                     services[service.name] = service
             else:
                 self._services(run, services, managed)
-        if run is None or (not services and not managed and version != LEGACY):
+        if run is None or not run.data:
             where = "run" if run is not None else None
             root.warning(where, "the landscape declares no services under `run`")
         return Landscape(
@@ -124,9 +124,8 @@ class _LandscapeParser:
 
     def _schema_version(self, root: MapView, run: MapView | None) -> str:
         written = root.string("schemaVersion")
-        looks_legacy = (
-            run is not None and isinstance(run.get("steps"), list | type(None)) and ("steps" in run)
-        )
+        # A service called `steps` is implausible: `run.steps` means a legacy file.
+        looks_legacy = run is not None and "steps" in run
         if written is None:
             if "schemaVersion" in root:
                 root.error("schemaVersion", "`schemaVersion` needs a value such as v0.2")
@@ -255,14 +254,28 @@ class _LandscapeParser:
         view.check_keys(SERVICE_KEYS, where=where)
         steps = self._steps(view, where)
         image = self._image(view)
-        command = self._container_command(view, image)
+        # A container even when its image reference is wrong (already reported): no follow-on
+        # errors about `command` or having nothing to run.
+        container = image is not None or "image" in view or "baseImage" in view
+        command = self._container_command(view, container=container)
         is_public = view.get("isPublic")
         service_public = view.boolean("isPublic", default=False) if is_public is not None else None
         network = self.networks.parse(name, view, service_public, legacy=legacy)
-        if image is not None:
+        # Read every field before deciding, so that all of their problems are reported.
+        plan = view.integer("plan", minimum=0)
+        replicas = view.integer("replicas", default=1, minimum=1) or 1
+        env = self._env(view)
+        health = self._health(view)
+        mount_sub_path = self._relative_path(view, "mountSubPath")
+        run_as_user = view.integer("runAsUser", minimum=0)
+        run_as_group = view.integer("runAsGroup", minimum=0)
+        mounts = self._volume_mounts(view)
+        if container:
             kind = ServiceKind.CONTAINER
         elif steps or "steps" in view:
             kind = ServiceKind.REACTIVE
+            if view.get("steps") in ([], None):
+                view.error("steps", f"{where} has no steps to run")
         elif network.paths and all(p.target is not None for p in network.paths):
             kind = ServiceKind.ROUTE
         else:
@@ -272,11 +285,6 @@ class _LandscapeParser:
                 "`image` (a managed container)",
             )
             return None
-        if kind is ServiceKind.REACTIVE and not steps:
-            view.error("steps", f"{where} has no steps to run")
-        run_as_user = view.integer("runAsUser", minimum=0)
-        run_as_group = view.integer("runAsGroup", minimum=0)
-        mounts = self._volume_mounts(view)
         if kind is not ServiceKind.CONTAINER:
             for key in ("runAsUser", "runAsGroup", "volumeMounts"):
                 if key in view:
@@ -285,12 +293,12 @@ class _LandscapeParser:
             name=name,
             kind=kind,
             steps=steps,
-            plan=view.integer("plan", minimum=0),
-            replicas=view.integer("replicas", default=1, minimum=1) or 1,
+            plan=plan,
+            replicas=replicas,
             network=network,
-            env=self._env(view),
-            health=self._health(view),
-            mount_sub_path=self._relative_path(view, "mountSubPath"),
+            env=env,
+            health=health,
+            mount_sub_path=mount_sub_path,
             image=image,
             command=command,
             run_as_user=run_as_user if kind is ServiceKind.CONTAINER else None,
@@ -317,11 +325,11 @@ class _LandscapeParser:
             return None
         return image
 
-    def _container_command(self, view: MapView, image: str | None) -> tuple[str, ...] | None:
+    def _container_command(self, view: MapView, *, container: bool) -> tuple[str, ...] | None:
         value = view.get("command")
         if value is None:
             return None
-        if image is None:
+        if not container:
             view.error(
                 "command",
                 "`command` overrides a container image's command and needs `image`; "
@@ -333,7 +341,9 @@ class _LandscapeParser:
             return ("/bin/sh", "-c", value)
         if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
             return tuple(value)
-        view.error("command", f"`command` must be a list of strings, got {describe(value)}")
+        view.error(
+            "command", f"`command` must be a non-empty list of strings, got {describe(value)}"
+        )
         return None
 
     def _env(self, view: MapView) -> dict[str, Template]:
@@ -408,6 +418,7 @@ class _LandscapeParser:
             if not target.startswith("/"):
                 mount.error("mountPath", f"`mountPath` must be an absolute path, got {target!r}")
                 continue
+            target = posixpath.normpath(target)
             if target in seen:
                 mount.error("mountPath", f"{target!r} is mounted twice")
                 continue

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from terrace.spec.diagnostics import JsonPath
 from terrace.spec.expressions import Template
-from terrace.spec.landscape import ManagedServiceEntry, ProviderRef
-from terrace.spec.names import PROVIDER_NAME, PROVIDER_VERSION
-from terrace.spec.reader import MapView, Reader, describe
+from terrace.spec.fields import plan_id, provider_name, provider_version, warn_if_plain_secret
+from terrace.spec.landscape import ConfigValue, ManagedServiceEntry, ProviderRef
+from terrace.spec.reader import MapView, Reader
 
 __all__ = ["ManagedEntryParser"]
 
@@ -22,73 +25,56 @@ class ManagedEntryParser:
         self.reader = reader
 
     def parse(self, name: str, view: MapView) -> ManagedServiceEntry | None:
-        where = f"managed service `{name}`"
-        view.check_keys(MANAGED_KEYS, where=f"{where} (it has a `provider`)")
+        view.check_keys(MANAGED_KEYS, where=f"managed service `{name}` (it has a `provider`)")
         provider = self._provider_ref(view)
-        plan_id, parameters = self._plan_ref(view)
+        plan, parameters = self._plan_ref(view)
         config = view.mapping("config")
+        config_values = (
+            {key: self._config_value(path, value) for key, path, value in config.items()}
+            if config is not None
+            else {}
+        )
         secrets = view.mapping("secrets")
-        config_values: dict[str, Template | object] = {}
-        if config is not None:
-            for key, path, value in config.items():
-                if isinstance(value, str):
-                    config_values[key] = self.reader.template(path, value)
-                else:
-                    config_values[key] = value
         secret_values: dict[str, Template] = {}
-        if secrets is not None:
-            for key, path, _ in secrets.items():
-                text = secrets.text_value(key, what="a secret")
-                if text is None:
-                    continue
-                template = self.reader.template(path, text)
-                if template.is_literal and text:
-                    secrets.warning(
-                        key,
-                        f"secret `{key}` is written in the file in plain text; store it in the "
-                        "vault and write ${{ vault.NAME }}",
-                    )
-                secret_values[key] = template
-        if provider is None or plan_id is None:
+        for key, path, _ in secrets.items() if secrets is not None else ():
+            assert secrets is not None
+            text = secrets.text_value(key, what="a secret")
+            if text is None:
+                continue
+            template = self.reader.template(path, text)
+            warn_if_plain_secret(secrets, key, template, f"secret `{key}`")
+            secret_values[key] = template
+        if provider is None or plan is None:
             return None
         return ManagedServiceEntry(
             name=name,
             provider=provider,
-            plan_id=plan_id,
+            plan_id=plan,
             plan_parameters=parameters,
             config=config_values,
             secrets=secret_values,
         )
+
+    def _config_value(self, path: JsonPath, value: Any) -> ConfigValue:
+        """Text becomes a :class:`Template`, at any depth; other values stay as written."""
+        if isinstance(value, str):
+            return self.reader.template(path, value)
+        if isinstance(value, list):
+            return [self._config_value((*path, i), item) for i, item in enumerate(value)]
+        if isinstance(value, dict):
+            return {k: self._config_value((*path, k), v) for k, v in value.items()}
+        return value  # type: ignore[no-any-return]
 
     def _provider_ref(self, view: MapView) -> ProviderRef | None:
         ref = view.mapping("provider", required="the provider's name and version")
         if ref is None:
             return None
         ref.check_keys(PROVIDER_REF_KEYS, where="a provider reference")
-        name = ref.string("name", required="the provider's name, like postgres")
-        version = ref.string("version")
-        schema_version = ref.string("schemaVersion")
-        if version is not None and schema_version is not None and version != schema_version:
-            ref.error(
-                "schemaVersion",
-                f"`version` {version!r} and `schemaVersion` {schema_version!r} differ",
-            )
-        if name is not None and not PROVIDER_NAME.match(name):
-            ref.error("name", f"provider name {name!r} must match ^[-a-z0-9_]+$")
-            name = None
-        chosen = schema_version or version
-        key = "schemaVersion" if schema_version else "version"
-        if chosen is None:
-            present = [k for k in ("schemaVersion", "version") if k in ref]
-            if not present:
-                ref.error(None, "missing `schemaVersion` (or `version`) of the provider, like v1")
-            elif all(ref.get(k) is None for k in present):
-                ref.error(present[0], f"`{present[0]}` needs a value, like v1")
+        name = provider_name(ref, "name", required="the provider's name, like postgres")
+        version = provider_version(ref)
+        if name is None or version is None:
             return None
-        if not PROVIDER_VERSION.match(chosen):
-            ref.error(key, f"provider version {chosen!r} must look like v1 (v and a number)")
-            return None
-        return None if name is None else ProviderRef(name=name, version=chosen)
+        return ProviderRef(name=name, version=version)
 
     def _plan_ref(self, view: MapView) -> tuple[int | str | None, dict[str, object]]:
         raw = view.get("plan")
@@ -99,21 +85,12 @@ class ManagedEntryParser:
         if plan is None:
             return None, {}
         plan.check_keys(PLAN_REF_KEYS, where="a managed service plan")
-        plan_id = plan.get("id")
-        if plan_id is None:
-            plan.require("id", "the plan's id")
-            return None, {}
-        if isinstance(plan_id, bool) or not isinstance(plan_id, int | str):
-            plan.error("id", f"a plan id is a number or a name, got {describe(plan_id)}")
-            return None, {}
+        chosen = plan_id(plan)
         parameters = plan.mapping("parameters")
         values: dict[str, object] = {}
-        if parameters is not None:
-            for key, path, value in parameters.items():
-                if isinstance(value, dict | list):
-                    self.reader.error(path, f"plan parameter `{key}` must be a single value")
-                    continue
-                values[key] = value
-        return plan_id, values
-
-    # -- network --------------------------------------------------------------------------------
+        for key, path, value in parameters.items() if parameters is not None else ():
+            if isinstance(value, dict | list):
+                self.reader.error(path, f"plan parameter `{key}` must be a single value")
+                continue
+            values[key] = value
+        return chosen, values

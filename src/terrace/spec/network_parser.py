@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from terrace.spec.diagnostics import JsonPath, Mark
 from terrace.spec.expressions import Template
+from terrace.spec.fields import is_http_url
 from terrace.spec.landscape import DEFAULT_PORT, Network, PathRoute, Port
 from terrace.spec.reader import MapView, Reader
 
@@ -49,11 +49,12 @@ class NetworkParser:
         default_public = bool(service_public)
         net = view.mapping("network")
         if net is None:
-            if legacy:
-                # A legacy workspace serves port 3000 at the root of its own host.
+            if legacy and service_public is not False:
+                # A legacy workspace serves port 3000 at the root of its own host...
                 route = PathRoute(path="/", port=DEFAULT_PORT)
                 self._claim(name, route.path, view.path)
                 return Network(ports=(Port(number=DEFAULT_PORT, public=True),), paths=(route,))
+            # ...unless it says `isPublic: false`: then it is reachable only by name.
             return Network(ports=(Port(number=DEFAULT_PORT, public=default_public),))
         net.check_keys(NETWORK_KEYS, where=f"the network of service `{name}`")
         old_form = "path" in net or "stripPath" in net
@@ -66,7 +67,8 @@ class NetworkParser:
         if old_form:
             return self._legacy_network(name, net, service_public)
         ports = self._ports(net, default_public, service_public)
-        declared = "ports" in net
+        # A `ports` that is not a list was reported already: check paths as if it were absent.
+        declared = isinstance(net.get("ports"), list)
         paths = self._paths(name, net, ports, declared=declared)
         if not declared:
             implied = sorted({p.port for p in paths if p.port is not None})
@@ -159,11 +161,8 @@ class NetworkParser:
         if text is None:
             return None
         template = self.reader.template(view.at("target"), text)
-        literal_head = (
-            template.parts[0] if template.parts and isinstance(template.parts[0], str) else ""
-        )
-        scheme = urlsplit(literal_head).scheme if "://" in literal_head else ""
-        if scheme not in ("http", "https"):
+        head = template.parts[0] if template.parts and isinstance(template.parts[0], str) else ""
+        if not is_http_url(head, prefix_only=not template.is_literal):
             view.error("target", f"`target` must be an http:// or https:// URL, got {text!r}")
             return None
         return template

@@ -13,7 +13,14 @@ from typing import Any
 
 from terrace.spec.diagnostics import Collector, JsonPath, Parsed
 from terrace.spec.document import load_document
-from terrace.spec.names import ENV_NAME, PROFILE, PROVIDER_NAME, PROVIDER_VERSION
+from terrace.spec.fields import (
+    http_url,
+    plan_id,
+    provider_name,
+    provider_version,
+    warn_if_plain_secret,
+)
+from terrace.spec.names import ENV_NAME, PROFILE
 from terrace.spec.provider import (
     ApiBackend,
     Backend,
@@ -26,7 +33,7 @@ from terrace.spec.provider import (
     ProviderVersion,
     RestBackend,
 )
-from terrace.spec.reader import MapView, Reader, describe
+from terrace.spec.reader import MapView, Reader
 from terrace.spec.schema_checks import SchemaRole, check_schema
 
 __all__ = ["parse_provider"]
@@ -68,7 +75,6 @@ BACKUPS_KEYS = ("configSchema", "secretsSchema")
 
 SEMVER = re.compile(r"^v?[0-9]+(\.[0-9]+){0,2}([-+][0-9A-Za-z.+-]+)?$")
 GIT_URL = re.compile(r"^(https?|ssh|git|file)://\S+$|^[\w.-]+@[\w.-]+:\S+$")
-HTTP_URL = re.compile(r"^https?://[^\s/]+\S*$")
 
 
 def parse_provider(text: str, *, file: str = "provider.yml") -> Parsed[Provider]:
@@ -93,10 +99,8 @@ class _ProviderParser:
 
     def parse(self, root: MapView) -> Provider | None:
         root.check_keys(TOP_KEYS, where="the provider definition")
-        name = root.string("name", required="the provider's id, matching ^[-a-z0-9_]+$")
-        if name is not None and not PROVIDER_NAME.match(name):
-            root.error("name", f"provider name {name!r} must match ^[-a-z0-9_]+$")
-        version = self._version(root)
+        name = provider_name(root, "name", required="the provider's id, matching ^[-a-z0-9_]+$")
+        version = provider_version(root)
         display_name = root.string("displayName")
         if not display_name and name:
             root.warning(None, "no `displayName`; the marketplace shows the name instead")
@@ -106,12 +110,9 @@ class _ProviderParser:
         description = root.string("description")
         backend = self._backend(root)
         schemas = {
-            role: check_schema(self.reader, root.at(role.value), root.get(role.value), role=role)
+            role: self._object_schema(root, role)
             for role in (SchemaRole.CONFIG, SchemaRole.SECRETS, SchemaRole.DETAILS)
         }
-        for role in (SchemaRole.CONFIG, SchemaRole.SECRETS, SchemaRole.DETAILS):
-            if role.value not in root:
-                root.warning(None, f"no `{role.value}`; read as an object with no properties")
         plan_schema = None
         if "planSchema" in root:
             plan_schema = check_schema(
@@ -145,35 +146,11 @@ class _ProviderParser:
             resource_parameters=dict(resource_parameters.data) if resource_parameters else {},
         )
 
-    # -- identity -----------------------------------------------------------------------------
-
-    def _version(self, root: MapView) -> str | None:
-        version = root.string("version")
-        schema_version = root.string("schemaVersion")
-        if version is None and schema_version is None:
-            present = [k for k in ("version", "schemaVersion") if k in root]
-            if not present:
-                root.error(None, "missing `version` (or `schemaVersion`), like v1")
-            elif all(root.get(k) is None for k in present):
-                root.error(present[0], f"`{present[0]}` needs a value, like v1")
-            return None
-        if version is not None and schema_version is not None and version != schema_version:
-            root.error(
-                "schemaVersion",
-                f"`version` {version!r} and `schemaVersion` {schema_version!r} differ; "
-                "set one of them",
-            )
-            return None
-        chosen = schema_version if schema_version is not None else version
-        key = "schemaVersion" if schema_version is not None else "version"
-        assert chosen is not None
-        if not PROVIDER_VERSION.match(chosen):
-            hint = ""
-            if SEMVER.match(chosen):
-                hint = "; release numbers like 1.2.3 go under `versions`"
-            root.error(key, f"`{key}` {chosen!r} must look like v1 (v and a number){hint}")
-            return None
-        return chosen
+    def _object_schema(self, root: MapView, role: SchemaRole) -> dict[str, Any] | None:
+        if role.value not in root:
+            root.warning(None, f"no `{role.value}`; read as an object schema with no properties")
+            return {"type": "object", "properties": {}}
+        return check_schema(self.reader, root.at(role.value), root.get(role.value), role=role)
 
     # -- backend ------------------------------------------------------------------------------
 
@@ -221,33 +198,21 @@ class _ProviderParser:
 
     def _api_backend(self, body: MapView) -> ApiBackend | None:
         body.check_keys(API_KEYS, where="`backend.api`")
-        endpoint = self._http_url(body, "endpoint", "the adapter's base URL")
+        endpoint = http_url(body, "endpoint", required="the adapter's base URL")
         secret_text = body.string("secret")
         secret = None
         if secret_text is not None:
             secret = self.reader.template(body.at("secret"), secret_text)
-            if secret.is_literal:
-                body.warning(
-                    "secret",
-                    "the backend secret is written in plain text; store it in the vault and "
-                    "write ${{ vault.NAME }}",
-                )
+            warn_if_plain_secret(body, "secret", secret, "the backend secret")
         return None if endpoint is None else ApiBackend(endpoint=endpoint, secret=secret)
 
     def _rest_backend(self, body: MapView) -> RestBackend | None:
         body.check_keys(REST_KEYS, where="`backend.rest`")
-        url = self._http_url(body, "url", "the backend's base URL")
+        url = http_url(body, "url", required="the backend's base URL")
         token_env = body.string("authTokenEnv")
         if token_env is not None and not ENV_NAME.match(token_env):
             body.error("authTokenEnv", f"{token_env!r} is not an environment variable name")
         return None if url is None else RestBackend(url=url, auth_token_env=token_env)
-
-    def _http_url(self, body: MapView, key: str, what: str) -> str | None:
-        url = body.string(key, required=what)
-        if url is not None and not HTTP_URL.match(url):
-            body.error(key, f"{url!r} is not an http:// or https:// URL")
-            return None
-        return url
 
     # -- plans --------------------------------------------------------------------------------
 
@@ -259,22 +224,22 @@ class _ProviderParser:
             if view is None:
                 continue
             view.check_keys(PLAN_KEYS, where="a plan")
-            plan_id = self._plan_id(view)
+            chosen = plan_id(view)
             name = view.string("name")
             display_name = view.string("displayName")
             description = view.string("description")
             parameters = self._plan_parameters(view)
-            if plan_id is None:
+            if chosen is None:
                 continue
-            key = str(plan_id)
+            key = str(chosen)
             if key in seen:
                 first = self.reader.mark(seen[key])
-                view.error("id", f"plan id {plan_id!r} is used twice (first at line {first.line})")
+                view.error("id", f"plan id {chosen!r} is used twice (first at line {first.line})")
                 continue
             seen[key] = view.at("id")
             plans.append(
                 Plan(
-                    id=plan_id,
+                    id=chosen,
                     name=name or display_name or key,
                     display_name=display_name or name or key,
                     description=description,
@@ -282,20 +247,6 @@ class _ProviderParser:
                 )
             )
         return tuple(plans)
-
-    def _plan_id(self, view: MapView) -> int | str | None:
-        if not view.require("id", "the plan's id, a number or a name"):
-            return None
-        plan_id = view.get("id")
-        if isinstance(plan_id, int) and not isinstance(plan_id, bool):
-            if plan_id < 0:
-                view.error("id", f"plan id must not be negative, got {plan_id}")
-                return None
-            return plan_id
-        if isinstance(plan_id, str) and plan_id.strip():
-            return plan_id
-        view.error("id", f"plan id must be a number or a name, got {describe(plan_id)}")
-        return None
 
     def _plan_parameters(self, view: MapView) -> dict[str, PlanParameter]:
         parameters = view.mapping("parameters")
@@ -321,13 +272,10 @@ class _ProviderParser:
         view = MapView(self.reader, path, value)
         view.check_keys(PARAMETER_KEYS, where=f"plan parameter `{key}`")
         priced = view.string("pricedAs")
-        priced_as = None
-        if priced is not None:
-            allowed = [p.value for p in PricedAs]
-            if priced not in allowed:
-                view.error("pricedAs", f"pricedAs {priced!r} is not one of: {', '.join(allowed)}")
-                return None
-            priced_as = PricedAs(priced)
+        allowed = [p.value for p in PricedAs]
+        priced_ok = priced is None or priced in allowed
+        if not priced_ok:
+            view.error("pricedAs", f"pricedAs {priced!r} is not one of: {', '.join(allowed)}")
         schema = None
         if "schema" in view:
             schema = check_schema(
@@ -337,11 +285,12 @@ class _ProviderParser:
                 role=SchemaRole.PLAN_PARAMETER,
                 object_only=False,
             )
-            if schema is None:
-                return None
-        elif priced_as is None:
+        elif priced is None:
             view.error(None, f"plan parameter `{key}` needs `schema` (and optionally `pricedAs`)")
             return None
+        if not priced_ok or ("schema" in view and schema is None):
+            return None
+        priced_as = PricedAs(priced) if priced is not None else None
         return PlanParameter(name=key, priced_as=priced_as, schema=schema)
 
     # -- versions, capabilities, backups --------------------------------------------------------

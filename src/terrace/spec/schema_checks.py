@@ -6,7 +6,9 @@ Each schema must be valid JSON Schema Draft 2020-12, and on top of that:
 - ``format`` is one of :data:`ALLOWED_FORMATS`;
 - ``x-update-constraint`` is ``increase-only`` (numeric properties only) or ``immutable``;
 - ``x-endpoint`` (``detailsSchema`` only) is a GET URL template whose ``{{field}}`` or
-  ``${{ .field }}`` placeholders name other details fields;
+  ``${{ .field }}`` placeholders name other details fields (see
+  :mod:`terrace.spec.details_refs`);
+- ``$ref`` points inside the schema (``#...``): nothing is ever fetched;
 - every ``default`` passes its own schema.
 
 Harmless real-world slips are normalised with a warning: an empty schema (``detailsSchema:``)
@@ -16,8 +18,6 @@ becomes an object schema with no properties, ``properties: []`` becomes ``proper
 from __future__ import annotations
 
 import copy
-import re
-from collections.abc import Iterator
 from enum import StrEnum
 from typing import Any
 
@@ -25,9 +25,11 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError
 from referencing.exceptions import Unresolvable
 
+from terrace.spec.details_refs import check_details_references
 from terrace.spec.diagnostics import JsonPath, nearest
-from terrace.spec.expressions import RefKind, Template
 from terrace.spec.reader import Reader, describe
+from terrace.spec.schema_validator import compile_problem, safe_validator
+from terrace.spec.schema_walk import CHILD_LISTS, CHILD_MAPS, CHILD_SCHEMAS, iter_subschemas
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -53,29 +55,12 @@ ALLOWED_FORMATS = (
 )
 
 CONSTRAINT_KEY = "x-update-constraint"
-ENDPOINT_KEY = "x-endpoint"
-
-_MAP_KEYWORDS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
-_ONE_KEYWORDS = (
-    "additionalProperties",
-    "contains",
-    "propertyNames",
-    "not",
-    "if",
-    "then",
-    "else",
-    "unevaluatedProperties",
-    "unevaluatedItems",
-    "additionalItems",
-    "contentSchema",
-)
-_LIST_KEYWORDS = ("allOf", "anyOf", "oneOf", "prefixItems")
 
 KNOWN_KEYWORDS = frozenset(
     {
-        *_MAP_KEYWORDS,
-        *_ONE_KEYWORDS,
-        *_LIST_KEYWORDS,
+        *CHILD_MAPS,
+        *CHILD_SCHEMAS,
+        *CHILD_LISTS,
         "items",
         "$schema",
         "$id",
@@ -121,8 +106,6 @@ KNOWN_KEYWORDS = frozenset(
 )
 
 JSON_TYPES = ("array", "boolean", "integer", "null", "number", "object", "string")
-_PLACEHOLDER = re.compile(r"(?<!\$)\{\{\s*([^{}]*?)\s*\}\}")
-_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
 class SchemaRole(StrEnum):
@@ -139,31 +122,6 @@ class SchemaRole(StrEnum):
 class UpdateConstraint(StrEnum):
     INCREASE_ONLY = "increase-only"
     IMMUTABLE = "immutable"
-
-
-def iter_subschemas(schema: Any, path: JsonPath = ()) -> Iterator[tuple[dict[str, Any], JsonPath]]:
-    """Every schema object inside ``schema`` (itself first), with its path relative to it."""
-    if not isinstance(schema, dict):
-        return
-    yield schema, path
-    for keyword in _MAP_KEYWORDS:
-        children = schema.get(keyword)
-        if isinstance(children, dict):
-            for name, child in children.items():
-                yield from iter_subschemas(child, (*path, keyword, name))
-    for keyword in _ONE_KEYWORDS:
-        yield from iter_subschemas(schema.get(keyword), (*path, keyword))
-    items = schema.get("items")
-    if isinstance(items, list):
-        for index, child in enumerate(items):
-            yield from iter_subschemas(child, (*path, "items", index))
-    else:
-        yield from iter_subschemas(items, (*path, "items"))
-    for keyword in _LIST_KEYWORDS:
-        children = schema.get(keyword)
-        if isinstance(children, list):
-            for index, child in enumerate(children):
-                yield from iter_subschemas(child, (*path, keyword, index))
 
 
 def numeric_types(schema: dict[str, Any]) -> bool:
@@ -186,14 +144,13 @@ def check_schema(
     """
     name = path[-1] if path else role.value
     if value is None:
-        if object_only:
-            reader.warning(
-                path,
-                f"`{name}` is empty; read as an object schema with no properties",
-                key=True,
-            )
-            return {"type": "object", "properties": {}}
-        return None
+        if not object_only:
+            reader.error(path, f"`{name}` needs a JSON Schema", key=True)
+            return None
+        reader.warning(
+            path, f"`{name}` is empty; read as an object schema with no properties", key=True
+        )
+        return {"type": "object", "properties": {}}
     if not isinstance(value, dict):
         reader.error(path, f"`{name}` must be a JSON Schema (a mapping), got {describe(value)}")
         return None
@@ -210,13 +167,20 @@ def check_schema(
         for sub, relative in iter_subschemas(schema):
             where = (*path, *relative)
             _check_keywords(reader, where, sub)
+            _check_refs(reader, where, sub)
             _check_patterns(reader, where, sub)
             _check_format(reader, where, sub)
-            _check_constraint(reader, where, sub)
-            _check_endpoint(reader, where, sub, role=role, root=schema, relative=relative)
-            _check_default(reader, where, sub, role=role, root=schema)
+            _check_constraint(
+                reader,
+                where,
+                sub,
+                relative=relative,
+                value_schema=role is SchemaRole.PLAN_PARAMETER,
+            )
+            _check_default(reader, where, sub)
     except RecursionError:
         reader.error(path, f"`{name}` nests too deeply to check")
+    check_details_references(reader, path, schema, details=role is SchemaRole.DETAILS)
     if len(reader.collector.errors) > before:
         return None
     return schema
@@ -244,15 +208,26 @@ def _meta_validate(reader: Reader, path: JsonPath, schema: dict[str, Any]) -> No
 
 
 def _meta_message(error: ValidationError) -> str:
-    keyword = error.absolute_path[-1] if error.absolute_path else None
-    if keyword == "type":
-        value = error.instance
-        shown = value if isinstance(value, str) else describe(value)
-        guess = nearest(value, JSON_TYPES) if isinstance(value, str) else None
+    """Say what is wrong with a schema keyword in words; the meta-schema's are cryptic."""
+    at = list(error.absolute_path)
+    keyword_at = None
+    if at and at[-1] == "type":
+        keyword_at = len(at) - 1
+    elif len(at) >= 2 and at[-2] == "type" and isinstance(at[-1], int):
+        keyword_at = len(at) - 2
+    is_keyword = keyword_at is not None and (
+        keyword_at == 0 or at[keyword_at - 1] not in CHILD_MAPS
+    )
+    written = error.instance if isinstance(error.instance, list) else [error.instance]
+    unknown = [t for t in written if isinstance(t, str) and t not in JSON_TYPES]
+    if is_keyword and unknown:
+        guess = nearest(unknown[0], JSON_TYPES)
         hint = f"; did you mean {guess!r}?" if guess else ""
-        return f"unknown JSON Schema type {shown!r} (use one of {', '.join(JSON_TYPES)}){hint}"
-    if keyword == "required" and isinstance(error.instance, str | dict):
+        return f"unknown JSON Schema type {unknown[0]!r} (use one of {', '.join(JSON_TYPES)}){hint}"
+    if at and at[-1] == "required" and (len(at) == 1 or at[-2] not in CHILD_MAPS):
         return "`required` is a list of property names"
+    if len(at) >= 2 and at[-2] in CHILD_MAPS:
+        return f"the schema of `{at[-1]}` must be a mapping, got {describe(error.instance)}"
     return f"invalid JSON Schema: {error.message}"
 
 
@@ -269,6 +244,17 @@ def _check_keywords(reader: Reader, where: JsonPath, sub: dict[str, Any]) -> Non
             )
 
 
+def _check_refs(reader: Reader, where: JsonPath, sub: dict[str, Any]) -> None:
+    for keyword in ("$ref", "$dynamicRef"):
+        ref = sub.get(keyword)
+        if isinstance(ref, str) and not ref.startswith("#"):
+            reader.error(
+                (*where, keyword),
+                f"{keyword} {ref!r} points outside the schema; only references inside it "
+                "(#/$defs/NAME) are supported, nothing is fetched",
+            )
+
+
 def _check_patterns(reader: Reader, where: JsonPath, sub: dict[str, Any]) -> None:
     candidates: list[tuple[JsonPath, object]] = [((*where, "pattern"), sub.get("pattern"))]
     pattern_properties = sub.get("patternProperties")
@@ -277,10 +263,9 @@ def _check_patterns(reader: Reader, where: JsonPath, sub: dict[str, Any]) -> Non
     for at, pattern in candidates:
         if not isinstance(pattern, str):
             continue
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            reader.error(at, f"invalid regular expression {pattern!r}: {exc}")
+        problem = compile_problem(pattern)
+        if problem is not None:
+            reader.error(at, f"invalid regular expression {pattern!r}: {problem}")
 
 
 def _check_format(reader: Reader, where: JsonPath, sub: dict[str, Any]) -> None:
@@ -293,128 +278,68 @@ def _check_format(reader: Reader, where: JsonPath, sub: dict[str, Any]) -> None:
     )
 
 
-def _check_constraint(reader: Reader, where: JsonPath, sub: dict[str, Any]) -> None:
+def _is_property_path(relative: JsonPath) -> bool:
+    """``properties.a`` or ``properties.a.properties.b``...: where update constraints apply."""
+    return (
+        len(relative) >= 2
+        and len(relative) % 2 == 0
+        and all(relative[i] == "properties" for i in range(0, len(relative), 2))
+    )
+
+
+def _check_constraint(
+    reader: Reader,
+    where: JsonPath,
+    sub: dict[str, Any],
+    *,
+    relative: JsonPath,
+    value_schema: bool,
+) -> None:
+    """``value_schema``: the schema describes one value (a plan parameter), so a constraint on
+    the schema itself applies to that value."""
     if CONSTRAINT_KEY not in sub:
         return
+    at = (*where, CONSTRAINT_KEY)
     value = sub[CONSTRAINT_KEY]
     allowed = [c.value for c in UpdateConstraint]
     if value not in allowed:
+        reader.error(at, f"{CONSTRAINT_KEY} {value!r} is not one of: {', '.join(allowed)}")
+        return
+    if not (_is_property_path(relative) or (value_schema and relative == ())):
         reader.error(
-            (*where, CONSTRAINT_KEY),
-            f"{CONSTRAINT_KEY} {value!r} is not one of: {', '.join(allowed)}",
+            at,
+            f"{CONSTRAINT_KEY} applies to properties (under `properties`, at any depth), "
+            "not to the schema itself, list items or allOf/anyOf/oneOf branches",
         )
         return
     if value == UpdateConstraint.INCREASE_ONLY and not numeric_types(sub):
         declared = sub.get("type")
         what = f"type {declared!r}" if declared is not None else "no type"
         reader.error(
-            (*where, CONSTRAINT_KEY),
+            at,
             f"{CONSTRAINT_KEY}: increase-only applies only to numeric properties "
             f"(type integer or number); this one has {what}",
         )
 
 
-def _check_endpoint(
-    reader: Reader,
-    where: JsonPath,
-    sub: dict[str, Any],
-    *,
-    role: SchemaRole,
-    root: dict[str, Any],
-    relative: JsonPath,
-) -> None:
-    if ENDPOINT_KEY not in sub:
-        return
-    at = (*where, ENDPOINT_KEY)
-    if role is not SchemaRole.DETAILS:
-        reader.warning(at, f"{ENDPOINT_KEY} only applies in detailsSchema; ignored here", key=True)
-        return
-    if relative[:1] != ("properties",) or len(relative) != 2:
-        reader.error(at, f"{ENDPOINT_KEY} belongs on a top-level property of detailsSchema")
-        return
-    own = str(relative[1])
-    value = sub[ENDPOINT_KEY]
-    if isinstance(value, dict):
-        method = str(value.get("method", "GET"))
-        reader.error(
-            at,
-            f"{ENDPOINT_KEY} is a URL string and is fetched with GET"
-            + (f"; method {method!r} is not supported" if method.upper() != "GET" else ""),
-        )
-        return
-    if not isinstance(value, str) or not value.strip():
-        reader.error(at, f"{ENDPOINT_KEY} must be a URL template, got {describe(value)}")
-        return
-    fields = _details_fields(root)
-    names, literal_head = _endpoint_placeholders(reader, at, value)
-    for field_name in names:
-        if field_name == own:
-            reader.error(at, f"{ENDPOINT_KEY} of `{own}` cannot use `{own}` itself")
-        elif field_name not in fields:
-            others = sorted(f for f in fields if f != own)
-            guess = nearest(field_name, others)
-            hint = f"; did you mean {{{{{guess}}}}}?" if guess else ""
-            reader.error(
-                at,
-                f"{ENDPOINT_KEY} uses {{{{{field_name}}}}}, which is not a detailsSchema "
-                f"property (known: {', '.join(others) or 'none'}){hint}",
-            )
-    if literal_head is not None and not re.match(r"^https?://", literal_head):
-        reader.error(at, f"{ENDPOINT_KEY} must be an http:// or https:// URL, got {value!r}")
-
-
-def _details_fields(root: dict[str, Any]) -> set[str]:
-    properties = root.get("properties")
-    return set(properties) if isinstance(properties, dict) else set()
-
-
-def _endpoint_placeholders(
-    reader: Reader, at: JsonPath, value: str
-) -> tuple[list[str], str | None]:
-    """The field names a URL template uses, and its literal start (None if it starts with one)."""
-    template = reader.template(at, value, allow_details=True)
-    names: list[str] = []
-    for ref in template.references:
-        if ref.kind is RefKind.DETAILS:
-            names.append(ref.name)
-        else:
-            reader.error(at, f"{ENDPOINT_KEY} may only use other details fields, not {ref}")
-    head: str | None = None
-    for index, part in enumerate(template.parts):
-        if not isinstance(part, str):
-            continue
-        for match in _PLACEHOLDER.finditer(part):
-            name = match.group(1)
-            if not _FIELD.match(name):
-                reader.error(at, f"{ENDPOINT_KEY}: {{{{{name}}}}} is not a field name")
-                continue
-            names.append(name)
-        if index == 0:
-            first = _PLACEHOLDER.search(part)
-            head = part if first is None or first.start() > 0 else None
-    return names, head
-
-
-def _check_default(
-    reader: Reader, where: JsonPath, sub: dict[str, Any], *, role: SchemaRole, root: dict[str, Any]
-) -> None:
+def _check_default(reader: Reader, where: JsonPath, sub: dict[str, Any]) -> None:
+    """A ``default`` must pass its own schema. Schemas that refer elsewhere (``$ref``) cannot
+    be judged in isolation and are skipped."""
     if "default" not in sub:
         return
     default = sub["default"]
-    at = (*where, "default")
-    if role is SchemaRole.DETAILS and isinstance(default, str) and "${{" in default:
-        template: Template = reader.template(at, default, allow_details=True)
-        fields = _details_fields(root)
-        for ref in template.references:
-            if ref.kind is not RefKind.DETAILS:
-                reader.error(at, f"a details default may only use other details fields, not {ref}")
-            elif ref.name not in fields:
-                reader.error(at, f"{ref} is not a detailsSchema property")
     subschema = {k: v for k, v in sub.items() if k != "default"}
+    if any("$ref" in s or "$dynamicRef" in s for s, _ in iter_subschemas(subschema)):
+        return
+    if isinstance(default, str) and "${{" in default:
+        return  # a template, checked with the details references
     try:
         Draft202012Validator.check_schema(subschema)
-        errors = list(Draft202012Validator(subschema).iter_errors(default))
-    except (SchemaError, Unresolvable, re.error):
+        errors = list(safe_validator(subschema).iter_errors(default))
+    except (SchemaError, Unresolvable, RecursionError, OverflowError, ValueError):
         return
     if errors:
-        reader.error(at, f"default {default!r} does not pass its own schema: {errors[0].message}")
+        reader.error(
+            (*where, "default"),
+            f"default {default!r} does not pass its own schema: {errors[0].message}",
+        )

@@ -39,11 +39,12 @@ def update_violations(
     ``current``, in the schema's property order.
 
     - ``immutable``: once set, the value may not change or be removed. Setting a property that
-      had no value yet is allowed.
+      had no value yet (absent or null) is allowed.
     - ``increase-only``: the new number must be >= the current one, and may not be removed.
 
-    Values of the wrong type are left to schema validation and are not reported here.
-    Nested object properties are followed (``db.size``).
+    Removing means leaving the property out, or setting it to null. Values of the wrong type are
+    left to schema validation and are not reported here. Nested object properties are followed
+    (``db.size``); removing the object that holds them removes them too.
     """
     violations: list[ConstraintViolation] = []
     _walk(schema, current, proposed, "", violations)
@@ -64,15 +65,17 @@ def _walk(
         if not isinstance(subschema, Mapping):
             continue
         path = f"{prefix}{name}"
-        old = current.get(name, _MISSING)
+        old = current.get(name)
         new = proposed.get(name, _MISSING)
+        if new is None:
+            new = _MISSING
         constraint = subschema.get(CONSTRAINT_KEY)
-        if old is not _MISSING:
+        if old is not None:
             violation = _check(constraint, path, old, new)
             if violation is not None:
                 out.append(violation)
-        if isinstance(old, Mapping) and isinstance(new, Mapping):
-            _walk(subschema, old, new, f"{path}.", out)
+        if isinstance(old, Mapping):
+            _walk(subschema, old, new if isinstance(new, Mapping) else {}, f"{path}.", out)
 
 
 def _check(constraint: object, path: str, old: Any, new: Any) -> ConstraintViolation | None:
