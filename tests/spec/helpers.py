@@ -34,6 +34,17 @@ def provider_errors(text: str) -> SpecError:
     return info.value
 
 
+HEADER = "name: x\nversion: v1\nbackend: {landscape: {}}\n"
+"""The smallest valid provider head: three lines, so that line numbers after it start at 4."""
+
+
+def provider_errors_after_header(body: str) -> SpecError:
+    """The errors of a provider made of :data:`HEADER` and ``body``."""
+    with pytest.raises(SpecError) as info:
+        parse_provider(HEADER + textwrap.dedent(body), file="provider.yml")
+    return info.value
+
+
 def rows(diagnostics: tuple[Diagnostic, ...]) -> list[tuple[int, str]]:
     """(line, path) of each diagnostic, for compact assertions."""
     return [(d.line, d.path) for d in diagnostics]

@@ -17,7 +17,7 @@ from terrace.spec.provider import (
 )
 from terrace.spec.schema_checks import ALLOWED_FORMATS
 
-from .helpers import messages, provider, provider_errors, rows
+from .helpers import messages, provider, provider_errors, provider_errors_after_header, rows
 
 SEED = """\
 name: mattermost
@@ -169,11 +169,8 @@ def test_harmless_schema_slips_are_normalised_with_warnings() -> None:
 
 
 def test_formats_outside_the_list_are_errors_that_name_the_list() -> None:
-    error = provider_errors(
+    error = provider_errors_after_header(
         """\
-        name: x
-        version: v1
-        backend: {landscape: {}}
         configSchema:
           type: object
           properties:
@@ -188,11 +185,8 @@ def test_formats_outside_the_list_are_errors_that_name_the_list() -> None:
 
 
 def test_update_constraint_mistakes() -> None:
-    error = provider_errors(
+    error = provider_errors_after_header(
         """\
-        name: x
-        version: v1
-        backend: {landscape: {}}
         configSchema:
           type: object
           properties:
@@ -210,11 +204,8 @@ def test_update_constraint_mistakes() -> None:
 
 
 def test_x_endpoint_templates_are_checked() -> None:
-    error = provider_errors(
+    error = provider_errors_after_header(
         """\
-        name: x
-        version: v1
-        backend: {landscape: {}}
         detailsSchema:
           type: object
           properties:
@@ -272,11 +263,8 @@ def test_x_endpoint_outside_details_is_ignored_with_a_warning() -> None:
 
 
 def test_invalid_json_schema_is_reported_where_it_is() -> None:
-    error = provider_errors(
+    error = provider_errors_after_header(
         """\
-        name: x
-        version: v1
-        backend: {landscape: {}}
         configSchema:
           type: object
           properties:
@@ -395,11 +383,8 @@ def test_refs_outside_the_schema_are_refused_and_never_fetched(tmp_path: Path) -
 
 
 def test_defaults_and_patterns_that_break_validators_are_errors_not_crashes() -> None:
-    error = provider_errors(
+    error = provider_errors_after_header(
         """\
-        name: x
-        version: v1
-        backend: {landscape: {}}
         configSchema:
           type: object
           properties:
@@ -418,11 +403,8 @@ def test_defaults_and_patterns_that_break_validators_are_errors_not_crashes() ->
 
 
 def test_update_constraints_only_on_properties() -> None:
-    error = provider_errors(
+    error = provider_errors_after_header(
         """\
-        name: x
-        version: v1
-        backend: {landscape: {}}
         configSchema:
           type: object
           x-update-constraint: immutable
@@ -446,11 +428,8 @@ def test_update_constraints_only_on_properties() -> None:
 
 
 def test_schema_messages_name_the_real_mistake() -> None:
-    error = provider_errors(
+    error = provider_errors_after_header(
         """\
-        name: x
-        version: v1
-        backend: {landscape: {}}
         configSchema:
           type: object
           properties:
@@ -466,11 +445,8 @@ def test_schema_messages_name_the_real_mistake() -> None:
 
 
 def test_details_fields_computed_in_a_cycle() -> None:
-    error = provider_errors(
+    error = provider_errors_after_header(
         """\
-        name: x
-        version: v1
-        backend: {landscape: {}}
         detailsSchema:
           type: object
           properties:
@@ -486,11 +462,8 @@ def test_details_fields_computed_in_a_cycle() -> None:
 
 
 def test_plan_parameter_schema_problems_are_all_reported() -> None:
-    error = provider_errors(
+    error = provider_errors_after_header(
         """\
-        name: x
-        version: v1
-        backend: {landscape: {}}
         plans:
           - id: 0
             parameters:

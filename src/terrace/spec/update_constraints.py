@@ -78,42 +78,27 @@ def _walk(
             _walk(subschema, old, new if isinstance(new, Mapping) else {}, f"{path}.", out)
 
 
+_PHRASE = {
+    UpdateConstraint.IMMUTABLE: "is immutable",
+    UpdateConstraint.INCREASE_ONLY: "may only increase",
+}
+
+
 def _check(constraint: object, path: str, old: Any, new: Any) -> ConstraintViolation | None:
-    if constraint == UpdateConstraint.IMMUTABLE:
-        if new is _MISSING:
-            return _violation(
-                path,
-                UpdateConstraint.IMMUTABLE,
-                old,
-                None,
-                f"{path} is immutable and cannot be removed (it is {_show(old)})",
-            )
-        if not _same(old, new):
-            return _violation(
-                path,
-                UpdateConstraint.IMMUTABLE,
-                old,
-                new,
-                f"{path} is immutable: {_show(old)} -> {_show(new)}",
-            )
+    try:
+        kind = UpdateConstraint(constraint)
+    except ValueError:
         return None
-    if constraint == UpdateConstraint.INCREASE_ONLY:
-        if new is _MISSING:
-            return _violation(
-                path,
-                UpdateConstraint.INCREASE_ONLY,
-                old,
-                None,
-                f"{path} may only increase and cannot be removed (it is {_show(old)})",
-            )
-        if _is_number(old) and _is_number(new) and new < old:
-            return _violation(
-                path,
-                UpdateConstraint.INCREASE_ONLY,
-                old,
-                new,
-                f"{path} may only increase: {_show(old)} -> {_show(new)}",
-            )
+    phrase = _PHRASE[kind]
+    if new is _MISSING:
+        message = f"{path} {phrase} and cannot be removed (it is {_show(old)})"
+        return _violation(path, kind, old, None, message)
+    if kind is UpdateConstraint.IMMUTABLE:
+        broken = not _same(old, new)
+    else:
+        broken = _is_number(old) and _is_number(new) and new < old
+    if broken:
+        return _violation(path, kind, old, new, f"{path} {phrase}: {_show(old)} -> {_show(new)}")
     return None
 
 
