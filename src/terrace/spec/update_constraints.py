@@ -85,10 +85,9 @@ _PHRASE = {
 
 
 def _check(constraint: object, path: str, old: Any, new: Any) -> ConstraintViolation | None:
-    try:
-        kind = UpdateConstraint(constraint)
-    except ValueError:
+    if constraint not in _PHRASE:
         return None
+    kind = UpdateConstraint(str(constraint))
     phrase = _PHRASE[kind]
     if new is _MISSING:
         message = f"{path} {phrase} and cannot be removed (it is {_show(old)})"
