@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from terrace.spec.expressions import Template
-from terrace.spec.names import PROVIDER_NAME, PROVIDER_VERSION
+from terrace.spec.names import PROVIDER_NAME, PROVIDER_VERSION, RELEASE
 from terrace.spec.reader import MapView, describe
 
 __all__ = [
@@ -23,7 +23,6 @@ __all__ = [
 ]
 
 _HTTP_URL = re.compile(r"^https?://[^\s/?#@]+(?:[/?#]\S*)?$")
-_RELEASE = re.compile(r"^v?[0-9]+(\.[0-9]+){1,2}([-+][0-9A-Za-z.+-]+)?$")
 
 
 def is_http_url(text: str, *, prefix_only: bool = False) -> bool:
@@ -77,7 +76,11 @@ def provider_version(view: MapView) -> str | None:
         return None
     key, value = next(iter(present.items()))
     if not PROVIDER_VERSION.match(value):
-        hint = "; release numbers like 1.2.3 go under `versions`" if _RELEASE.match(value) else ""
+        hint = (
+            "; release numbers like 1.2.3 go under `versions`"
+            if RELEASE.match(value) and "." in value
+            else ""
+        )
         view.error(key, f"`{key}` {value!r} must look like v1 (v and a number){hint}")
         return None
     return value

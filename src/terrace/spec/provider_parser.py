@@ -20,7 +20,7 @@ from terrace.spec.fields import (
     provider_version,
     warn_if_plain_secret,
 )
-from terrace.spec.names import ENV_NAME, PROFILE
+from terrace.spec.names import ENV_NAME, PROFILE, RELEASE
 from terrace.spec.provider import (
     ApiBackend,
     Backend,
@@ -73,7 +73,6 @@ CAPABILITY_KEYS = {
 }
 BACKUPS_KEYS = ("configSchema", "secretsSchema")
 
-SEMVER = re.compile(r"^v?[0-9]+(\.[0-9]+){0,2}([-+][0-9A-Za-z.+-]+)?$")
 GIT_URL = re.compile(r"^(https?|ssh|git|file)://\S+$|^[\w.-]+@[\w.-]+:\S+$")
 
 
@@ -184,17 +183,21 @@ class _ProviderParser:
         git_url = body.string("gitUrl")
         if git_url is not None and not GIT_URL.match(git_url):
             body.error("gitUrl", f"{git_url!r} is not a git URL (https://... or git@host:path)")
-        profile = body.string("ciProfile")
-        if profile is not None and not PROFILE.match(profile):
-            body.error(
-                "ciProfile",
-                f"ciProfile {profile!r} must be a profile name (letters, digits, '-', '_'), "
-                "as in ci.<profile>.yml",
-            )
+        profile = self._ci_profile(body)
         artifact = body.string("staticBuildArtifact")
         return LandscapeBackend(
             git_url=git_url or None, ci_profile=profile or None, static_build_artifact=artifact
         )
+
+    def _ci_profile(self, view: MapView) -> str | None:
+        profile = view.string("ciProfile")
+        if profile is not None and not PROFILE.match(profile):
+            view.error(
+                "ciProfile",
+                f"ciProfile {profile!r} must be a profile name (letters, digits, '-', '_'), "
+                "as in ci.<profile>.yml",
+            )
+        return profile
 
     def _api_backend(self, body: MapView) -> ApiBackend | None:
         body.check_keys(API_KEYS, where="`backend.api`")
@@ -301,7 +304,7 @@ class _ProviderParser:
         if versions is None:
             return result
         for key, path, value in versions.items():
-            if not SEMVER.match(key):
+            if not RELEASE.match(key):
                 versions.warning(
                     key, f"version {key!r} is not a release number like 1.2.3", on_key=True
                 )
@@ -309,9 +312,7 @@ class _ProviderParser:
             if entry is None:
                 continue
             entry.check_keys(VERSION_KEYS, where=f"version {key!r}")
-            profile = entry.string("ciProfile")
-            if profile is not None and not PROFILE.match(profile):
-                entry.error("ciProfile", f"ciProfile {profile!r} must be a profile name")
+            profile = self._ci_profile(entry)
             result[key] = ProviderVersion(
                 version=key,
                 git_ref=entry.string("gitRef"),

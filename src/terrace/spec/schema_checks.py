@@ -36,7 +36,6 @@ __all__ = [
     "SchemaRole",
     "UpdateConstraint",
     "check_schema",
-    "iter_subschemas",
     "numeric_types",
 ]
 
