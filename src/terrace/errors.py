@@ -6,8 +6,15 @@ CLI exit codes are assigned only at the edges (``terrace.api``, ``terrace.cli``)
 ::
 
     TerraceError
-    └── SpecError            a file a user wrote is invalid; carries every problem, each with
-                             file, line, column and JSON path (see Diagnostic)
+    ├── SpecError            a file a user wrote is invalid; carries every problem, each with
+    │                        file, line, column and JSON path (see Diagnostic)
+    ├── Unauthenticated      no credentials, or an unknown, expired or revoked API key
+    ├── Forbidden            the caller is known but their role does not allow the action
+    ├── NotFound             no such object, or one the caller may not know exists
+    ├── Conflict             contradicts what is stored (a duplicate name, the last admin)
+    ├── InvalidInput         a value in a request is wrong; names the field
+    ├── SourceError          a workspace's source cannot be fetched (git clone, missing folder)
+    └── VaultError           a secret cannot be sealed or opened (wrong or retired key)
 """
 
 from __future__ import annotations
@@ -17,11 +24,55 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["Diagnostic", "Severity", "SpecError", "TerraceError"]
+__all__ = [
+    "Conflict",
+    "Diagnostic",
+    "Forbidden",
+    "InvalidInput",
+    "NotFound",
+    "Severity",
+    "SourceError",
+    "SpecError",
+    "TerraceError",
+    "Unauthenticated",
+    "VaultError",
+]
 
 
 class TerraceError(Exception):
     """The root of every exception Terrace raises on purpose."""
+
+
+class Unauthenticated(TerraceError):
+    """No credentials, or an unknown, expired or revoked API key."""
+
+
+class Forbidden(TerraceError):
+    """The caller is known, but their role does not allow the action."""
+
+
+class NotFound(TerraceError):
+    """No such object, or one in a team the caller does not belong to (never say which)."""
+
+
+class Conflict(TerraceError):
+    """The request contradicts what is stored: a duplicate name, removing the last admin."""
+
+
+class InvalidInput(TerraceError):
+    """A value in a request is wrong. ``field`` names it (a JSON path such as ``gitUrl``)."""
+
+    def __init__(self, message: str, *, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class SourceError(TerraceError):
+    """A workspace's source cannot be fetched: a failed git clone, a missing folder."""
+
+
+class VaultError(TerraceError):
+    """A secret cannot be sealed or opened: no master key, the wrong key, a retired key."""
 
 
 class Severity(StrEnum):

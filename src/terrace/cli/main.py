@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from terrace import __version__
+from terrace.cli.server import server
 from terrace.cli.validate import validate
 
 app = typer.Typer(
@@ -15,6 +16,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command()(validate)
+app.command()(server)
 
 
 def _version(value: bool) -> None:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["DNS_LABEL", "ENV_NAME", "PROFILE", "PROVIDER_NAME", "PROVIDER_VERSION", "RELEASE"]
+__all__ = [
+    "DNS_LABEL",
+    "ENV_NAME",
+    "PROFILE",
+    "PROVIDER_NAME",
+    "PROVIDER_VERSION",
+    "RELEASE",
+    "SECRET_NAME",
+]
 
 DNS_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 """A service name: it becomes a hostname (``ws-server-<workspace>-<service>``)."""
@@ -18,3 +26,5 @@ RELEASE = re.compile(r"^v?[0-9]+(\.[0-9]+){0,2}([-+][0-9A-Za-z.+-]+)?$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PROFILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 """A CI profile, as in ``ci.<profile>.yml``."""
+SECRET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+"""A vault secret's name: ``${{ vault.DB_PASSWORD }}`` or ``${{ vault['db.password'] }}``."""

@@ -1,0 +1,56 @@
+"""First start: migrate the store and make sure a cluster admin and their key exist."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from sqlalchemy import select
+
+from terrace.api.context import AppContext
+from terrace.errors import InvalidInput
+from terrace.store.tables import User
+from terrace.store.tenancy import adopt_key, create_user, issue_key
+
+__all__ = ["ADMIN_EMAIL", "admin_key_file", "bootstrap"]
+
+ADMIN_EMAIL = "admin@terrace.local"
+MIN_ADMIN_KEY = 20
+
+
+def admin_key_file(home: Path) -> Path:
+    return home / "admin.key"
+
+
+def bootstrap(ctx: AppContext, environ: Mapping[str, str] | None = None) -> str | None:
+    """Migrate, then ensure the cluster admin. Safe with several processes on one store.
+
+    ``TERRACE_ADMIN_KEY``, when set, becomes a cluster-admin key. Otherwise, when
+    ``$TERRACE_HOME/admin.key`` does not exist, a key is generated, written there (mode 0600)
+    and returned so the caller can print it once; else None.
+    """
+    env = os.environ if environ is None else environ
+    chosen = env.get("TERRACE_ADMIN_KEY", "").strip()
+    if chosen and len(chosen) < MIN_ADMIN_KEY:
+        raise InvalidInput(
+            f"TERRACE_ADMIN_KEY must be at least {MIN_ADMIN_KEY} characters",
+            field="TERRACE_ADMIN_KEY",
+        )
+    key_file = admin_key_file(ctx.home)
+    with ctx.db.exclusive():
+        ctx.db.migrate()
+        with ctx.db.session() as session:
+            admin = session.scalar(select(User).where(User.email == ADMIN_EMAIL))
+            if admin is None:
+                admin = create_user(session, name="admin", email=ADMIN_EMAIL, cluster_admin=True)
+            if chosen:
+                adopt_key(session, user_id=admin.id, name="TERRACE_ADMIN_KEY", key=chosen)
+                return None
+            if key_file.exists():
+                return None
+            _, key = issue_key(session, user_id=admin.id, name="admin.key")
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as handle:
+                handle.write(key + "\n")
+            return key

@@ -1,0 +1,41 @@
+"""What every request handler needs: the store, the vault, the home folder."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import Request
+
+from terrace.store import Database, database_url, terrace_home
+from terrace.vault import Vault, load_master_key
+
+__all__ = ["AppContext", "context"]
+
+
+@dataclass(frozen=True, slots=True)
+class AppContext:
+    home: Path
+    db: Database
+    vault: Vault
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> AppContext:
+        """The embedded default: ``$TERRACE_HOME``, ``TERRACE_DATABASE_URL``, the master key."""
+        env = os.environ if environ is None else environ
+        home = terrace_home(env)
+        home.mkdir(parents=True, exist_ok=True)
+        os.chmod(home, 0o700)
+        db = Database(database_url(home, env))
+        return cls(home=home, db=db, vault=Vault(load_master_key(home, env)))
+
+    @property
+    def workspaces_dir(self) -> Path:
+        return self.home / "workspaces"
+
+
+def context(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.terrace
+    return ctx
