@@ -71,6 +71,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                 if public and code not in {"422", "500"}:
                     continue
                 responses[code] = {"description": description, "content": problem}
+            if "requestBody" in operation:
+                responses["400"] = {"description": "The body is not JSON", "content": problem}
     app.openapi_schema = schema
     return schema
 
