@@ -25,7 +25,7 @@ def api_schema(live: LiveServer) -> schemathesis.BaseSchema:
     return schemathesis.openapi.from_url(live.api + "/openapi.json")
 
 
-@pytest.mark.parametrize(("method", "path"), sorted(RULES), ids=lambda v: str(v))
+@pytest.mark.parametrize(("method", "path"), sorted(RULES), ids=str)
 def test_operation_conforms(
     api_schema: schemathesis.BaseSchema, live: LiveServer, method: str, path: str
 ) -> None:

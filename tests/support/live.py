@@ -23,6 +23,7 @@ class LiveServer:
     admin_key: str
     process: subprocess.Popen[bytes]
     log: Path
+    database_url: str | None = None
 
     @property
     def api(self) -> str:
@@ -77,7 +78,7 @@ def start_server(home: Path, database_url: str | None = None, **extra: str) -> L
                 if httpx.get(url + "/api/health", timeout=2).status_code == 200:
                     key_file = home / "admin.key"
                     key = extra.get("TERRACE_ADMIN_KEY") or key_file.read_text().strip()
-                    return LiveServer(home, url, key, process, log)
+                    return LiveServer(home, url, key, process, log, database_url)
             except (ValueError, KeyError, httpx.HTTPError):
                 pass
         time.sleep(0.05)  # polling a condition with a deadline

@@ -148,9 +148,7 @@ def _id_from_env(env: Mapping[str, str], name: str) -> int | None:
     return int(raw)
 
 
-def default_team(
-    flag: int | None, config: Config, environ: Mapping[str, str] | None = None
-) -> int:
+def default_team(flag: int | None, config: Config, environ: Mapping[str, str] | None = None) -> int:
     """``-t/--team``, else ``TERRACE_TEAM``, else the team ``terrace teams use`` saved."""
     team = flag or _id_from_env(_env(environ), "TERRACE_TEAM") or config.team
     if team is None:

@@ -57,7 +57,9 @@ def list_keys(api: ApiOption = None, as_json: JsonOption = False) -> None:
 
 @app.command()
 def create(
-    name: Annotated[str, typer.Argument(help="What the key is for, e.g. `ci` or `laptop`.")],
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="What the key is for, e.g. `ci` or `laptop`.")
+    ],
     expires_in: Annotated[
         str | None,
         typer.Option(help="Stop working after this long: 12h, 30d, 2w...", show_default="never"),
@@ -85,7 +87,9 @@ def create(
 
 @app.command()
 def revoke(
-    key_id: Annotated[int, typer.Argument(min=1, help="The key's ID (see `terrace keys list`).")],
+    key_id: Annotated[
+        int, typer.Argument(min=1, metavar="KEY_ID", help="The key's ID (see `terrace keys list`).")
+    ],
     api: ApiOption = None,
     as_json: JsonOption = False,
 ) -> None:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from terrace.cli.client import ApiClient
+from terrace.cli.client import ApiClient, normalize_url
 from terrace.cli.common import ApiOption, JsonOption, handled, read_secret
 from terrace.cli.config import load_config, resolve_target, save_config
 from terrace.cli.output import print_json, say
@@ -33,7 +33,7 @@ def login(
         secret = key.strip() if key else read_secret("API key").strip()
         with ApiClient(target.with_key(secret)) as client:
             me = client.get("/users/me")
-        if config.api != target.url:
+        if config.api and normalize_url(config.api) != target.url:
             config.team = config.workspace = None  # they name another server's objects
         config.api, config.key = target.url, secret
         path = save_config(config)

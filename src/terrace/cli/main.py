@@ -5,6 +5,8 @@ from __future__ import annotations
 import typer
 
 from terrace import __version__
+from terrace.cli import env, keys, teams, users, vault, workspaces
+from terrace.cli.login import login, logout
 from terrace.cli.server import server
 from terrace.cli.validate import validate
 
@@ -17,6 +19,14 @@ app = typer.Typer(
 )
 app.command()(validate)
 app.command()(server)
+app.command()(login)
+app.command()(logout)
+app.add_typer(users.app, name="users")
+app.add_typer(teams.app, name="teams")
+app.add_typer(keys.app, name="keys")
+app.add_typer(workspaces.app, name="workspaces")
+app.add_typer(env.app, name="env")
+app.add_typer(vault.app, name="vault")
 
 
 def _version(value: bool) -> None:

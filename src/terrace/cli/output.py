@@ -78,10 +78,7 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Columns, *, empty: str)
 
 
 def print_record(row: dict[str, Any], fields: Columns) -> None:
-    """One object as ``field  value`` lines."""
-    table = Table.grid(padding=(0, 2))
-    table.add_column(style="bold")
-    table.add_column(overflow="fold")
+    """One object as ``FIELD  value`` lines."""
+    width = max((len(label) for label, _ in fields), default=0)
     for label, key in fields:
-        table.add_row(label, Text(cell(key, row.get(key))))
-    _console().print(table)
+        say(f"{label:<{width}}  {cell(key, row.get(key))}")

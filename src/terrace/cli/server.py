@@ -12,7 +12,9 @@ from terrace.errors import TerraceError
 
 def server(
     host: Annotated[str, typer.Option(help="The address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="The port to listen on (0: any free port).")] = DEFAULT_PORT,
+    port: Annotated[
+        int, typer.Option(help="The port to listen on (0: any free port).")
+    ] = DEFAULT_PORT,
 ) -> None:
     """Serve the REST API under /api (state in $TERRACE_HOME or TERRACE_DATABASE_URL)."""
     try:

@@ -33,8 +33,10 @@ MEMBER_FIELDS = [
     ("ROLE", "role"),
     ("SINCE", "createdAt"),
 ]
-TeamId = Annotated[int, typer.Argument(min=1, help="The team's ID (see `terrace teams list`).")]
-UserId = Annotated[int, typer.Argument(min=1, help="The member's user ID.")]
+TeamId = Annotated[
+    int, typer.Argument(min=1, metavar="TEAM_ID", help="The team's ID (see `terrace teams list`).")
+]
+UserId = Annotated[int, typer.Argument(min=1, metavar="USER_ID", help="The member's user ID.")]
 
 
 @app.command("list")
@@ -47,7 +49,7 @@ def list_teams(api: ApiOption = None, as_json: JsonOption = False) -> None:
 
 @app.command()
 def create(
-    name: Annotated[str, typer.Argument(help="The team's name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The team's name.")],
     api: ApiOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -61,7 +63,9 @@ def create(
 def get(
     team_id: Annotated[
         int | None,
-        typer.Argument(min=1, help="The team's ID.", show_default="-t or the default team"),
+        typer.Argument(
+            min=1, metavar="TEAM_ID", help="The team's ID.", show_default="-t or the default team"
+        ),
     ] = None,
     team: TeamOption = None,
     api: ApiOption = None,
@@ -104,7 +108,9 @@ def use(team_id: TeamId, api: ApiOption = None, as_json: JsonOption = False) -> 
 
 
 @members.command("list")
-def list_members(team: TeamOption = None, api: ApiOption = None, as_json: JsonOption = False) -> None:
+def list_members(
+    team: TeamOption = None, api: ApiOption = None, as_json: JsonOption = False
+) -> None:
     """List the team's members and their roles."""
     with connect(api) as session:
         rows = session.api.get(f"/teams/{session.team(team)}/members")
@@ -113,6 +119,7 @@ def list_members(team: TeamOption = None, api: ApiOption = None, as_json: JsonOp
 
 @members.command()
 def add(
+    *,
     user_id: Annotated[
         int | None, typer.Option("--user-id", min=1, help="The user's ID.", show_default=False)
     ] = None,
@@ -129,14 +136,18 @@ def add(
         raise typer.BadParameter("give exactly one of --user-id and --email")
     with connect(api) as session:
         body = {"userId": user_id} if user_id is not None else {"email": email}
-        member = session.api.post(f"/teams/{session.team(team)}/members", {**body, "role": role.value})
+        member = session.api.post(
+            f"/teams/{session.team(team)}/members", {**body, "role": role.value}
+        )
     show(member, as_json, MEMBER_FIELDS)
 
 
 @members.command("set-role")
 def set_role(
     user_id: UserId,
-    role: Annotated[Role, typer.Argument(help="The new role.")],
+    role: Annotated[
+        Role, typer.Argument(metavar="ROLE", help="The new role: viewer, developer or admin.")
+    ],
     team: TeamOption = None,
     api: ApiOption = None,
     as_json: JsonOption = False,

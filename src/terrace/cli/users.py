@@ -41,7 +41,8 @@ def list_users(api: ApiOption = None, as_json: JsonOption = False) -> None:
 
 @app.command()
 def create(
-    name: Annotated[str, typer.Argument(help="The user's name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The user's name.")],
+    *,
     email: Annotated[str, typer.Option("--email", "-e", help="Their email address.")],
     cluster_admin: Annotated[
         bool, typer.Option("--cluster-admin", help="Make them a cluster admin.")

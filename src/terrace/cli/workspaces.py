@@ -44,7 +44,12 @@ LIST_FIELDS = [("ID", "id"), ("NAME", "name"), ("SOURCE", "source"), ("FROM", "f
 SERVICE_FIELDS = [("SERVICE", "name"), ("KIND", "kind"), ("REPLICAS", "replicas"), ("PLAN", "plan")]
 OptionalId = Annotated[
     int | None,
-    typer.Argument(min=1, help="The workspace's ID.", show_default="-w or the default workspace"),
+    typer.Argument(
+        min=1,
+        metavar="WORKSPACE_ID",
+        help="The workspace's ID.",
+        show_default="-w or the default workspace",
+    ),
 ]
 
 
@@ -61,12 +66,17 @@ def list_workspaces(
     for row in rows:
         ref = f"@{row['gitRef']}" if row.get("gitRef") else ""
         row["from"] = f"{row['gitUrl']}{ref}" if row["source"] == "git" else row.get("path")
-    print_table(rows, LIST_FIELDS, empty="No workspaces. Create one with `terrace workspaces create`.")
+    print_table(
+        rows, LIST_FIELDS, empty="No workspaces. Create one with `terrace workspaces create`."
+    )
 
 
 @app.command()
 def create(
-    name: Annotated[str, typer.Argument(help="The workspace's name, unique in its team.")],
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="The workspace's name, unique in its team.")
+    ],
+    *,
     git: Annotated[
         str | None, typer.Option("--git", help="A git repository URL to clone.", show_default=False)
     ] = None,
@@ -117,7 +127,9 @@ def get(
 
 @app.command()
 def delete(
-    workspace_id: Annotated[int, typer.Argument(min=1, help="The workspace's ID.")],
+    workspace_id: Annotated[
+        int, typer.Argument(min=1, metavar="WORKSPACE_ID", help="The workspace's ID.")
+    ],
     yes: YesOption = False,
     api: ApiOption = None,
     as_json: JsonOption = False,
@@ -135,7 +147,9 @@ def delete(
 
 @app.command()
 def use(
-    workspace_id: Annotated[int, typer.Argument(min=1, help="The workspace's ID.")],
+    workspace_id: Annotated[
+        int, typer.Argument(min=1, metavar="WORKSPACE_ID", help="The workspace's ID.")
+    ],
     api: ApiOption = None,
     as_json: JsonOption = False,
 ) -> None:

@@ -41,8 +41,10 @@ def database_url(home: Path, environ: Mapping[str, str] | None = None) -> str:
     """
     env = os.environ if environ is None else environ
     url = env.get("TERRACE_DATABASE_URL", "").strip()
-    if not url:
-        return f"sqlite:///{home / 'terrace.db'}"
+    return _with_driver(url) if url else f"sqlite:///{home / 'terrace.db'}"
+
+
+def _with_driver(url: str) -> str:
     for plain in ("postgresql://", "postgres://"):
         if url.startswith(plain):
             return "postgresql+psycopg://" + url[len(plain) :]
@@ -68,6 +70,7 @@ class Database:
     """
 
     def __init__(self, url: str) -> None:
+        url = _with_driver(url)
         self.url = url
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()

@@ -119,7 +119,7 @@ def authenticate(session: Session, key: str) -> Caller:
     now = utcnow()
     if found is None:
         raise Unauthenticated("the API key is not valid")
-    row, user = found.tuple()
+    row, user = found
     if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
         raise Unauthenticated("the API key is not valid")
     if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
