@@ -64,7 +64,7 @@ class Samples:
     lag: list[float] = field(default_factory=list)  # scheduled start -> first request sent
     errors: int = 0
     problems: list[str] = field(default_factory=list)
-    elapsed: float = 0.0  # from the first scheduled start to the last answer
+    span: float = 0.0  # seconds over which the operations were started
 
     def extend(self, other: Samples) -> None:
         self.pair += other.pair
@@ -73,7 +73,7 @@ class Samples:
         self.lag += other.lag
         self.errors += other.errors
         self.problems += other.problems
-        self.elapsed += other.elapsed
+        self.span += other.span
 
 
 @dataclass
@@ -127,9 +127,9 @@ async def open_loop(
         task = asyncio.create_task(operation(client, steps, first + i, due, samples))
         running.add(task)
         task.add_done_callback(running.discard)
+    samples.span = loop.time() - start + 1 / rate
     if running:
         await asyncio.gather(*running)
-    samples.elapsed = loop.time() - start
     return samples
 
 
@@ -198,7 +198,9 @@ async def measure(server: Server, admin_key: str, workdir: Path, phases: Phases)
         cpu = [server_cpu_seconds(pid)]
         baseline = await run(peer, phases.seconds / 2)
         cpu.append(server_cpu_seconds(pid))
+        client_cpu = time.process_time()
         writes = await run(mutating, phases.seconds)
+        client_cpu = time.process_time() - client_cpu
         cpu.append(server_cpu_seconds(pid))
         baseline.extend(await run(peer, phases.seconds / 2))
         cpu.append(server_cpu_seconds(pid))
@@ -207,7 +209,9 @@ async def measure(server: Server, admin_key: str, workdir: Path, phases: Phases)
     if len(known) == len(cpu):
         write_cpu = known[2] - known[1]
         baseline_cpu = (known[1] - known[0]) + (known[3] - known[2])
-    return summarise(writes, baseline, write_cpu=write_cpu, baseline_cpu=baseline_cpu)
+    result = summarise(writes, baseline, write_cpu=write_cpu, baseline_cpu=baseline_cpu)
+    result["client_cpu_ms_per_op"] = ms(client_cpu / max(1, result["ops"]))
+    return result
 
 
 # --- figures ----------------------------------------------------------------------------------
@@ -241,7 +245,7 @@ def summarise(
         "max_ms": ms(max(writes.pair, default=math.nan)),
         "errors": writes.errors,
         "ops": ops,
-        "achieved_rate": round(ops / writes.elapsed, 1) if writes.elapsed else None,
+        "achieved_rate": round(ops / writes.span, 1) if writes.span else None,
         "put_p50_ms": ms(percentile(writes.first, 50)),
         "put_p99_ms": ms(percentile(writes.first, 99)),
         "delete_p50_ms": ms(percentile(writes.second, 50)),
@@ -357,7 +361,7 @@ def run_server(
     server = start_server(home, admin_key, database_url)
     try:
         result = asyncio.run(measure(server, admin_key, workdir, phases))
-    except BaseException:
+    except Exception:
         print(f"server log:\n{server.log.read_text(errors='replace')[-4000:]}", file=sys.stderr)
         raise
     finally:
@@ -400,22 +404,28 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             lines.append(
                 f"{store if i == 0 else '':11} {label:24} {p50:8.2f} {p99:8.2f} "
                 f"{'' if top is None else f'{top:8.2f}':>8} "
-                f"{'' if errors is None else errors:>6}{ratios}"
-            )
-        cpu = ""
-        if "server_cpu_ms_per_op" in r:
-            cpu = (
-                f", server CPU {r['server_cpu_ms_per_op']:.2f} ms/op"
-                f" (peer {r['baseline_server_cpu_ms_per_op']:.2f})"
+                f"{'' if errors is None else errors:>6}{ratios}".rstrip()
             )
         lines.append(
-            f"{'':11} {r['ops']} ops at {r['achieved_rate']}/s, "
-            f"max start lag {r['max_start_lag_ms']:.2f} ms{cpu}"
+            f"{'':11} {r['ops']} operations at {r['achieved_rate']}/s;"
+            f" latest start {r['max_start_lag_ms']:.2f} ms after schedule"
         )
+        cpu = f"load generator {r['client_cpu_ms_per_op']:.2f} ms"
+        if "server_cpu_ms_per_op" in r:
+            cpu = (
+                f"server {r['server_cpu_ms_per_op']:.2f} ms"
+                f" (peer {r['baseline_server_cpu_ms_per_op']:.2f} ms), {cpu}"
+            )
+        lines.append(f"{'':11} CPU per operation: {cpu}")
     return "\n".join(lines)
 
 
+def interrupted(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # unwinds through the clean-ups
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, interrupted)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="8 s per store, under a minute")
     parser.add_argument("--rate", type=float, default=50.0, help="operations per second")
@@ -433,11 +443,13 @@ def main() -> None:
         parser.error(f"--stores takes {','.join(STORES)}; --rate must be positive")
     seconds = args.seconds if args.seconds is not None else (8.0 if args.quick else 30.0)
     phases = Phases(warmup=2.0, seconds=seconds, rate=args.rate)
+    load = os.getloadavg()[0]  # a busy machine makes the tail meaningless: say so
     results: dict[str, dict[str, Any]] = {}
     for store in stores:
         print(f"{store}: warm-up {phases.warmup:g} s, then {seconds:g} s ...", file=sys.stderr)
         results[store] = bench_store(store, phases, args.postgres)
     print(table(results), file=sys.stderr)
+    print(f"1-minute load average at start: {load:.2f} on {os.cpu_count()} CPUs", file=sys.stderr)
     failed = sum(r["errors"] + r["baseline_errors"] for r in results.values())
     result = {
         "bench": "api",
@@ -445,6 +457,7 @@ def main() -> None:
         "seconds": seconds if seconds % 1 else int(seconds),
         **results,
         "cpus": os.cpu_count(),
+        "loadavg_at_start": round(load, 2),
         "python": sys.version.split()[0],
     }
     print(json.dumps(result))

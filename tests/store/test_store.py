@@ -14,10 +14,11 @@ from sqlalchemy import inspect, select
 from terrace.api.bootstrap import bootstrap
 from terrace.api.context import AppContext
 from terrace.errors import Conflict, InvalidInput, NotFound, Unauthenticated
-from terrace.store import Database, database_url, terrace_home
+from terrace.store.db import Database, database_url
+from terrace.store.home import terrace_home
+from terrace.store.roles import Role
 from terrace.store.tables import ApiKey, Base, User, Workspace, utcnow
 from terrace.store.tenancy import (
-    Role,
     add_member,
     authenticate,
     create_team,

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select, update
 
 from terrace.errors import Conflict, InvalidInput, NotFound, VaultError
-from terrace.store import Database
+from terrace.store.db import Database
 from terrace.store.tables import Secret, Workspace, utcnow
 from terrace.store.tenancy import create_team, create_user
 from terrace.vault import MasterKey, SecretRef, Vault, load_master_key

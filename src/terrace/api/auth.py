@@ -14,8 +14,9 @@ from sqlalchemy.orm import Session
 
 from terrace.api.context import context
 from terrace.errors import Forbidden, NotFound, Unauthenticated
+from terrace.store.roles import Role
 from terrace.store.tables import Team, Workspace
-from terrace.store.tenancy import Caller, Role, authenticate, membership
+from terrace.store.tenancy import Caller, authenticate, membership
 
 __all__ = ["CurrentCaller", "require_cluster_admin", "require_team", "require_workspace"]
 

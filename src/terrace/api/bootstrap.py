@@ -4,23 +4,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 
 from sqlalchemy import select
 
 from terrace.api.context import AppContext
 from terrace.errors import InvalidInput
+from terrace.store.home import admin_key_file
 from terrace.store.tables import User
 from terrace.store.tenancy import adopt_key, create_user, issue_key
 
-__all__ = ["ADMIN_EMAIL", "admin_key_file", "bootstrap"]
+__all__ = ["ADMIN_EMAIL", "bootstrap"]
 
 ADMIN_EMAIL = "admin@terrace.local"
 MIN_ADMIN_KEY = 20
-
-
-def admin_key_file(home: Path) -> Path:
-    return home / "admin.key"
 
 
 def bootstrap(ctx: AppContext, environ: Mapping[str, str] | None = None) -> str | None:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from fastapi import Request
 
-from terrace.store import Database, database_url, terrace_home
+from terrace.store.db import Database, database_url
+from terrace.store.home import terrace_home
 from terrace.vault import Vault, load_master_key
 
 __all__ = ["AppContext", "context"]

@@ -9,7 +9,7 @@ from fastapi import Path
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
-from terrace.store.tenancy import Role
+from terrace.store.roles import Role
 
 MAX_ID = 2_147_483_647  # a 32-bit INTEGER on PostgreSQL
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]

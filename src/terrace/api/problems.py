@@ -105,7 +105,8 @@ async def _terrace_error(_request: Request, exc: Exception) -> JSONResponse:
     _, status, slug, title = kind
     if isinstance(exc, SpecError):
         problems = [{"file": p.file, **p.to_json()} for p in exc.problems]
-        detail = f"{len(problems)} problem(s); the first: {exc.first}"
+        files = sorted({p.file for p in exc.problems})
+        detail = f"{len(problems)} problem(s) in {', '.join(files)}: see `problems`"
         return problem_response(status, slug, title, detail, problems=problems)
     if isinstance(exc, VaultError):
         log.error("vault error: %s", exc)  # names keys and files, never values

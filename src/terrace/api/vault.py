@@ -20,7 +20,8 @@ from terrace.api.models import (
     WorkspaceId,
 )
 from terrace.errors import NotFound
-from terrace.store.tenancy import Caller, Role
+from terrace.store.roles import Role
+from terrace.store.tenancy import Caller
 from terrace.vault import SecretInfo, SecretRef, VaultKeyInfo
 
 router = APIRouter(prefix="/vault", tags=["vault"])

@@ -27,8 +27,8 @@ from terrace.sources import check_local_folder, checkout
 from terrace.spec.files import find_landscape
 from terrace.spec.names import PROFILE
 from terrace.spec.validate import load_landscape
+from terrace.store.roles import Role
 from terrace.store.tables import Workspace, utcnow
-from terrace.store.tenancy import Role
 from terrace.store.workspaces import add_workspace, delete_env, env_vars, put_env
 
 router = APIRouter(prefix="/workspaces", tags=["workspaces"])
@@ -182,7 +182,7 @@ def set_env(
     values: dict[str, str] = {}
     for index, item in enumerate(body):
         if item.name in values:
-            raise InvalidInput(f"{item.name} is given twice", field=f"[{index}].name")
+            raise InvalidInput(f"{item.name} is given twice", field=f"{index}.name")
         values[item.name] = item.value
     with context(request).db.session() as session:
         require_workspace(session, caller, workspace_id, Role.DEVELOPER)

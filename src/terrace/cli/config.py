@@ -14,10 +14,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from terrace.api.bootstrap import admin_key_file
-from terrace.api.server import discovery_file
 from terrace.cli.client import Target, UsageProblem, normalize_url
-from terrace.store import terrace_home
+from terrace.store.home import admin_key_file, discovery_file, terrace_home
 
 __all__ = [
     "Config",

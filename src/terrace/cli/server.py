@@ -6,17 +6,19 @@ from typing import Annotated
 
 import typer
 
-from terrace.api.server import DEFAULT_PORT, serve
 from terrace.errors import TerraceError
+from terrace.store.home import DEFAULT_API_PORT
 
 
 def server(
     host: Annotated[str, typer.Option(help="The address to listen on.")] = "127.0.0.1",
     port: Annotated[
         int, typer.Option(help="The port to listen on (0: any free port).")
-    ] = DEFAULT_PORT,
+    ] = DEFAULT_API_PORT,
 ) -> None:
     """Serve the REST API under /api (state in $TERRACE_HOME or TERRACE_DATABASE_URL)."""
+    from terrace.api.server import serve  # noqa: PLC0415 - the API stack loads only for `server`
+
     try:
         serve(host=host, port=port)
     except (TerraceError, OSError) as exc:

@@ -17,7 +17,7 @@ from terrace.cli.common import (
 )
 from terrace.cli.config import save_config
 from terrace.cli.output import say
-from terrace.store.tenancy import Role
+from terrace.store.roles import Role
 
 __all__ = ["app"]
 

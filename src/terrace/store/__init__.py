@@ -2,8 +2,6 @@
 
 SQLite (WAL) in ``$TERRACE_HOME`` by default, PostgreSQL when ``TERRACE_DATABASE_URL`` names one.
 Nothing here keeps state in memory that matters: several API processes may share one PostgreSQL.
+Import the modules themselves (``terrace.store.db``, ...): this package imports nothing, so that
+``terrace.store.home`` and ``terrace.store.roles`` stay cheap for the CLI.
 """
-
-from terrace.store.db import Database, database_url, terrace_home
-
-__all__ = ["Database", "database_url", "terrace_home"]

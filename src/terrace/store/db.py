@@ -18,20 +18,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from terrace.errors import Conflict
 
-__all__ = ["Database", "database_url", "flush_unique", "terrace_home"]
+__all__ = ["Database", "database_url", "flush_unique"]
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 # Any constant will do: it only has to be the same in every Terrace process.
 _PG_MIGRATION_LOCK = 0x7465727261636501
-
-
-def terrace_home(environ: Mapping[str, str] | None = None) -> Path:
-    """``$TERRACE_HOME``, or ``~/.local/share/terrace`` (``$XDG_DATA_HOME/terrace``)."""
-    env = os.environ if environ is None else environ
-    if home := env.get("TERRACE_HOME"):
-        return Path(home).expanduser()
-    data = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(data) / "terrace"
 
 
 def database_url(home: Path, environ: Mapping[str, str] | None = None) -> str:

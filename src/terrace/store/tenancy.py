@@ -6,13 +6,13 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from terrace.errors import Conflict, InvalidInput, NotFound, Unauthenticated
 from terrace.store.db import flush_unique
+from terrace.store.roles import Role
 from terrace.store.tables import ApiKey, Membership, Team, User, utcnow
 
 __all__ = [
@@ -34,21 +34,6 @@ KEY_PREFIX = "trk_"
 SHOWN_PREFIX = 12
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 """``last_used_at`` is written at most this often per key, so reads do not all become writes."""
-
-
-class Role(StrEnum):
-    """A member's role in a team, weakest first."""
-
-    VIEWER = "viewer"
-    DEVELOPER = "developer"
-    ADMIN = "admin"
-
-    @property
-    def rank(self) -> int:
-        return list(Role).index(self)
-
-    def allows(self, needed: Role) -> bool:
-        return self.rank >= needed.rank
 
 
 @dataclass(frozen=True, slots=True)
