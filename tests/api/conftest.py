@@ -1,13 +1,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLES
-from tests.support.gitserver import make_repo, serve_folder
 from tests.support.live import LiveServer, start_server
 from tests.support.postgres import PostgresServer
 
@@ -27,18 +23,3 @@ def live(
     server.stop()
     if postgres is not None and url is not None:
         postgres.drop_database(url)
-
-
-@dataclass(frozen=True)
-class GitRepo:
-    url: str
-    commit: str
-
-
-@pytest.fixture(scope="session")
-def git_repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitRepo]:
-    """examples/01-hello as a git repository served over HTTP (branch main, tag v1)."""
-    root: Path = tmp_path_factory.mktemp("git")
-    commit = make_repo(EXAMPLES / "01-hello", root / "hello.git")
-    with serve_folder(root) as base:
-        yield GitRepo(f"{base}/hello.git", commit)

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api.conftest import GitRepo
+from tests.conftest import GitRepo
 from tests.support.live import LiveServer
 
 CALLERS = ("cluster_admin", "team_admin", "developer", "viewer", "other_team", "revoked", "no_key")

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.api.conftest import GitRepo
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, GitRepo
 from tests.support.live import LiveServer, start_server
 from tests.support.postgres import PostgresServer
+
+
+def _in_days(days: int) -> str:
+    return (datetime.now(UTC) + timedelta(days=days)).replace(microsecond=0).isoformat()
 
 
 def _name(prefix: str) -> str:
@@ -77,10 +82,14 @@ def test_git_failures_are_explained(developer: httpx.Client, team: int, git_repo
     )
     assert missing.status_code == 422
     assert "git clone failed" in missing.json()["detail"]
-    for url in ("file:///etc", "/etc", "ext::sh -c id", "-upload-pack=id"):
+    for url in ("ext::sh -c id", "-upload-pack=id", "https://me:token@example.com/r.git"):
+        bad = developer.post("/workspaces", json={"teamId": team, "name": "w", "gitUrl": url})
+        assert bad.status_code == 422, url
+        assert bad.json()["errors"][0]["path"] == "body.gitUrl"
+        assert "token" not in bad.text
+    for url in ("file:///etc", "/etc"):
         local = developer.post("/workspaces", json={"teamId": team, "name": "w", "gitUrl": url})
-        assert local.status_code == 422, url
-        assert local.json()["errors"][0]["path"] == "body.gitUrl"
+        assert local.status_code == 403, url
     folder = developer.post("/workspaces", json={"teamId": team, "name": "w", "path": "/etc"})
     assert folder.status_code == 403
     assert developer.get(f"/workspaces/team/{team}").json() == []
@@ -191,7 +200,7 @@ def test_unauthenticated_responses_say_how_to_authenticate(live: LiveServer) -> 
 
 
 def test_key_lifecycle(live: LiveServer, admin: httpx.Client) -> None:
-    created = admin.post("/keys", json={"name": "ci", "expiresAt": "2099-01-01T00:00:00Z"})
+    created = admin.post("/keys", json={"name": "ci", "expiresAt": _in_days(30)})
     assert created.status_code == 201
     body = created.json()
     assert body["key"].startswith(body["prefix"])
@@ -205,7 +214,7 @@ def test_key_lifecycle(live: LiveServer, admin: httpx.Client) -> None:
     assert admin.delete(f"/keys/{body['id']}").status_code == 204
     with live.client(body["key"]) as client:
         assert client.get("/users/me").status_code == 401
-    naive = admin.post("/keys", json={"name": "x", "expiresAt": "2099-01-01T00:00:00"})
+    naive = admin.post("/keys", json={"name": "x", "expiresAt": _in_days(30)[:-6]})
     assert naive.status_code == 422
     past = admin.post("/keys", json={"name": "x", "expiresAt": "2001-01-01T00:00:00Z"})
     assert past.status_code == 422
@@ -246,3 +255,96 @@ def test_two_api_processes_share_one_postgresql(
         for server in servers:
             server.stop()
         postgres.drop_database(url)
+
+
+def test_a_landscape_link_out_of_the_workspace_is_not_followed(
+    admin: httpx.Client, team: int, tmp_path: Path
+) -> None:
+    secret = tmp_path / "outside.txt"
+    secret.write_text("key: SECRET-CONTENT\n")
+    folder = tmp_path / "ws"
+    folder.mkdir()
+    (folder / "ci.yml").symlink_to(secret)
+    ws = admin.post(
+        "/workspaces", json={"teamId": team, "name": "link", "path": str(folder)}
+    ).json()["id"]
+    response = admin.get(f"/workspaces/{ws}/landscape")
+    assert response.status_code == 422
+    assert response.json()["type"] == "urn:terrace:problem:source-unavailable"
+    assert "SECRET" not in response.text
+    (folder / "ci.yml").unlink()
+    folder.rmdir()
+    gone = admin.get(f"/workspaces/{ws}/landscape")
+    assert gone.status_code == 422
+    assert str(tmp_path) not in gone.text
+
+
+def test_requests_that_are_not_json_or_not_routes(live: LiveServer, admin: httpx.Client) -> None:
+    broken = admin.post(
+        "/teams", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert broken.status_code == 400
+    assert broken.json()["type"] == "urn:terrace:problem:bad-request"
+    wrong = httpx.put(live.api + "/health")
+    assert wrong.status_code == 405
+    assert wrong.headers["allow"] == "GET"
+    slash = admin.get("/teams/")
+    assert slash.status_code == 404
+    assert slash.headers["content-type"] == "application/problem+json"
+
+
+def test_values_at_the_edges_are_refused_cleanly(admin: httpx.Client) -> None:
+    far = admin.post("/keys", json={"name": "x", "expiresAt": "9999-12-31T23:30:00-05:00"})
+    assert far.status_code == 422
+    assert far.json()["errors"][0]["path"] == "body.expiresAt"
+    long_email = admin.post("/users", json={"name": "x", "email": "\u0130" * 200 + "@x.io"})
+    assert long_email.status_code == 422
+
+
+def test_a_key_cannot_outlive_the_key_that_made_it(live: LiveServer, admin: httpx.Client) -> None:
+    short = admin.post("/keys", json={"name": "short", "expiresAt": _in_days(10)}).json()
+    with live.client(short["key"]) as client:
+        longer = client.post("/keys", json={"name": "x", "expiresAt": _in_days(20)})
+        assert longer.status_code == 422
+        default = client.post("/keys", json={"name": "y"})
+        assert default.status_code == 201
+        assert default.json()["expiresAt"] == short["expiresAt"]
+
+
+def test_ids_are_never_reused(admin: httpx.Client, team: int) -> None:
+    body = {"teamId": team, "name": "again", "path": str(EXAMPLES / "01-hello")}
+    first = admin.post("/workspaces", json=body).json()["id"]
+    assert admin.delete(f"/workspaces/{first}").status_code == 204
+    second = admin.post("/workspaces", json=body).json()["id"]
+    assert second > first
+
+
+def test_concurrent_writes_never_fail(live: LiveServer, admin: httpx.Client, team: int) -> None:
+    """Races that the handlers' own checks cannot see end in success, never in a 500."""
+    users = [
+        admin.post("/users", json={"name": "a", "email": _name("adm") + "@x.io"}).json()["id"]
+        for _ in range(2)
+    ]
+    for user in users:
+        added = admin.post(f"/teams/{team}/members", json={"userId": user, "role": "admin"})
+        assert added.status_code == 201
+
+    def put_secret(n: int) -> int:
+        with live.client(live.admin_key) as client:
+            body = {"value": str(n)}
+            return client.put(f"/vault/teams/{team}/secrets/RACE", json=body).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(put_secret, range(16)))
+    assert sorted(set(statuses)) in ([200, 201], [201])
+    assert statuses.count(201) == 1
+
+    def remove(user: int) -> int:
+        with live.client(live.admin_key) as client:
+            return client.delete(f"/teams/{team}/members/{user}").status_code
+
+    with ThreadPoolExecutor(2) as pool:
+        removed = sorted(pool.map(remove, users))
+    assert removed == [204, 204]  # the creator, also an admin, remains
+    members = admin.get(f"/teams/{team}/members").json()
+    assert [m["role"] for m in members] == ["admin"]

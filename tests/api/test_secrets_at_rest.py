@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 from sqlalchemy.engine import make_url
 
-from tests.api.conftest import GitRepo
+from tests.conftest import GitRepo
 from tests.support.live import LiveServer
 
 

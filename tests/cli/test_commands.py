@@ -52,6 +52,32 @@ def test_teams_and_members(live: LiveServer, cli: Cli) -> None:
     assert gone.stderr == f"error: Not found: no team {team}\n"
 
 
+def test_names_from_the_server_print_literally(live: LiveServer, cli: Cli) -> None:
+    """Markup, C1 controls and bidi overrides in a team's name reach the terminal defused;
+    --json keeps the name as it is."""
+    admin = new_user(live)
+    env = _as(live, admin)
+    name = "[red]x[/red] \x9b2J \u202egnp.exe"
+    created = cli("teams", "create", name, "--json", **env).json()
+    assert created["name"] == name
+    team = str(created["id"])
+
+    for args in (["teams", "list"], ["teams", "get", team], ["teams", "use", team]):
+        shown = cli(*args, **env)
+        assert shown.returncode == 0, shown.stderr
+        assert "[red]x[/red] \\x9b2J \\u202egnp.exe" in shown.stdout, args
+        assert "\x9b" not in shown.stdout
+        assert "\u202e" not in shown.stdout
+
+
+def test_keys_create_refuses_a_lifetime_beyond_ten_years(live: LiveServer, cli: Cli) -> None:
+    refused = cli("keys", "create", "k", "--expires-in", "999999w", **_as(live, new_user(live)))
+    assert refused.returncode == 2
+    assert refused.stderr == (
+        "error: --expires-in: '999999w' is too long; it must be between 1s and 3650d (10 years)\n"
+    )
+
+
 def test_keys_create_show_the_key_once_and_a_revoked_key_stops_working(
     live: LiveServer, cli: Cli
 ) -> None:
@@ -127,7 +153,10 @@ def test_a_workspace_from_a_relative_path_and_its_landscape(live: LiveServer, cl
 
     missing = cli("workspaces", "landscape", workspace, "--profile", "prod", **env)
     assert missing.returncode == 1
-    assert "ci.prod.yml:1:1: the workspace has no ci.prod.yml" in missing.stderr.splitlines()
+    assert (
+        "ci.prod.yml:1:1: no ci.prod.yml (or .yaml) in the workspace for profile 'prod'"
+        in missing.stderr.splitlines()
+    )
 
     deleted = cli("workspaces", "delete", workspace, "--yes", **env)
     assert deleted.returncode == 0, deleted.stderr
@@ -166,7 +195,7 @@ def test_a_workspace_from_git_becomes_the_default(
         "workspaces", "create", "x", "--git", hello_repo.url + "-missing", "-t", team, **env
     )
     assert no_repo.returncode == 1
-    assert no_repo.stderr.startswith("error: The workspace source could not be fetched: ")
+    assert no_repo.stderr.startswith("error: The workspace source could not be read: ")
 
 
 def test_an_invalid_landscape_prints_each_problem_with_its_location(

@@ -107,6 +107,12 @@ def test_admin_key_from_the_environment(db: Database, tmp_path: Path) -> None:
         assert len(session.scalars(select(ApiKey)).all()) == 1
     with pytest.raises(InvalidInput, match="at least 20"):
         bootstrap(ctx, {"TERRACE_ADMIN_KEY": "short"})
+    replacement = "another-long-enough-admin-key"
+    bootstrap(ctx, {"TERRACE_ADMIN_KEY": replacement})
+    with db.session() as session:
+        assert authenticate(session, replacement).cluster_admin
+    with db.session() as session, pytest.raises(Unauthenticated):
+        authenticate(session, chosen)  # the key it replaced no longer works
 
 
 def test_keys_are_stored_hashed_and_expire_and_revoke(db: Database) -> None:

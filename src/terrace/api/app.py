@@ -16,15 +16,10 @@ from terrace.api.models import Health
 __all__ = ["create_app"]
 
 PREFIX = "/api"
-# Statuses any authenticated operation may answer with a problem document.
-ERROR_STATUSES = {
-    "401": "Missing, unknown, expired or revoked API key",
-    "403": "Your role does not allow this",
-    "404": "No such object, or one in a team you are not in",
-    "409": "Conflicts with the current state",
-    "422": "The request is invalid",
-    "500": "Internal error",
-}
+# Statuses any operation may answer with a problem document; the public health check only
+# the last three.
+ERROR_STATUSES = (401, 403, 404, 409, 422, 500, 503)
+PUBLIC_ERROR_STATUSES = (422, 500, 503)
 
 
 def create_app(ctx: AppContext) -> FastAPI:
@@ -35,6 +30,7 @@ def create_app(ctx: AppContext) -> FastAPI:
         openapi_url=f"{PREFIX}/openapi.json",
         docs_url=f"{PREFIX}/docs",
         redoc_url=None,
+        redirect_slashes=False,
     )
     app.state.terrace = ctx
     problems.install(app)
@@ -67,12 +63,12 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         public = path == f"{PREFIX}/health"
         for operation in operations.values():
             responses = operation.setdefault("responses", {})
-            for code, description in ERROR_STATUSES.items():
-                if public and code not in {"422", "500"}:
-                    continue
-                responses[code] = {"description": description, "content": problem}
+            statuses = list(PUBLIC_ERROR_STATUSES if public else ERROR_STATUSES)
             if "requestBody" in operation:
-                responses["400"] = {"description": "The body is not JSON", "content": problem}
+                statuses.append(400)
+            for status in statuses:
+                titles = sorted({k.title for k in problems.KINDS if k.status == status})
+                responses[str(status)] = {"description": "; ".join(titles), "content": problem}
     app.openapi_schema = schema
     return schema
 

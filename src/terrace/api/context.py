@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from fastapi import Request
 
 from terrace.store.db import Database, database_url
 from terrace.store.home import terrace_home
+from terrace.store.tables import Workspace
 from terrace.vault import Vault, load_master_key
 
 __all__ = ["AppContext", "context"]
@@ -34,7 +36,14 @@ class AppContext:
 
     @property
     def workspaces_dir(self) -> Path:
+        """Where workspaces cloned from git live, one folder per workspace id."""
         return self.home / "workspaces"
+
+    def remove_workspace_files(self, workspace: Workspace) -> None:
+        """Delete a cloned workspace's files. A local folder belongs to its owner: it stays."""
+        path = Path(workspace.path)
+        if workspace.source == "git" and path.parent == self.workspaces_dir:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def context(request: Request) -> AppContext:

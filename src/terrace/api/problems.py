@@ -2,20 +2,25 @@
 
 Every problem has a stable ``type`` (``urn:terrace:problem:<slug>``), a ``title`` that is the same
 for every problem of that type, and a ``detail`` about this one. Spec problems add ``problems``
-(each ``{file, line, column, path, message}``); invalid requests add ``errors``.
+(each ``{file, line, column, path, message}``); invalid requests add ``errors``. Input values are
+never echoed back: they may be secrets.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from terrace.errors import (
     Conflict,
@@ -28,8 +33,9 @@ from terrace.errors import (
     Unauthenticated,
     VaultError,
 )
+from terrace.sources import Busy
 
-__all__ = ["MEDIA_TYPE", "Problem", "install", "problem_response"]
+__all__ = ["KINDS", "MEDIA_TYPE", "CatchAll", "Problem", "install", "problem_response"]
 
 log = logging.getLogger("terrace.api")
 MEDIA_TYPE = "application/problem+json"
@@ -62,58 +68,93 @@ class Problem(BaseModel):
     problems: list[SpecProblem] | None = None
 
 
-# exception class -> (status, slug, title); the first matching class wins.
-_KINDS: list[tuple[type[TerraceError], int, str, str]] = [
-    (SpecError, 422, "invalid-spec", "The landscape or provider file is invalid"),
-    (Unauthenticated, 401, "unauthenticated", "Missing or invalid API key"),
-    (Forbidden, 403, "forbidden", "Your role does not allow this"),
-    (NotFound, 404, "not-found", "Not found"),
-    (Conflict, 409, "conflict", "Conflict with the current state"),
-    (InvalidInput, 422, "invalid-request", "The request is invalid"),
-    (SourceError, 422, "source-unavailable", "The workspace source could not be fetched"),
-    (VaultError, 500, "vault-error", "The vault could not open a secret"),
-]
-_HTTP_SLUGS = {
-    400: ("bad-request", "Bad request"),
-    401: ("unauthenticated", "Missing or invalid API key"),
-    403: ("forbidden", "Your role does not allow this"),
-    404: ("not-found", "Not found"),
-    405: ("method-not-allowed", "Method not allowed"),
-    409: ("conflict", "Conflict with the current state"),
-    413: ("too-large", "The request is too large"),
-    415: ("unsupported-media-type", "Unsupported media type"),
-    422: ("invalid-request", "The request is invalid"),
-}
+@dataclass(frozen=True, slots=True)
+class Kind:
+    status: int
+    slug: str
+    title: str
 
 
-def problem_response(status: int, slug: str, title: str, detail: str, **extra: Any) -> JSONResponse:
+BAD_REQUEST = Kind(400, "bad-request", "The body is not valid JSON")
+UNAUTHENTICATED = Kind(401, "unauthenticated", "Missing or invalid API key")
+FORBIDDEN = Kind(403, "forbidden", "Your role does not allow this")
+NOT_FOUND = Kind(404, "not-found", "Not found")
+METHOD_NOT_ALLOWED = Kind(405, "method-not-allowed", "Method not allowed")
+CONFLICT = Kind(409, "conflict", "Conflict with the current state")
+INVALID_REQUEST = Kind(422, "invalid-request", "The request is invalid")
+INVALID_SPEC = Kind(422, "invalid-spec", "The landscape or provider file is invalid")
+SOURCE_UNAVAILABLE = Kind(422, "source-unavailable", "The workspace source could not be read")
+INTERNAL = Kind(500, "internal-error", "Internal error")
+VAULT = Kind(500, "vault-error", "The vault could not open a secret")
+BUSY = Kind(503, "busy", "The server is busy")
+
+KINDS = (
+    BAD_REQUEST,
+    UNAUTHENTICATED,
+    FORBIDDEN,
+    NOT_FOUND,
+    METHOD_NOT_ALLOWED,
+    CONFLICT,
+    INVALID_REQUEST,
+    INVALID_SPEC,
+    SOURCE_UNAVAILABLE,
+    INTERNAL,
+    VAULT,
+    BUSY,
+)
+"""Every problem type the API answers with (docs/api.md lists them)."""
+
+# Exception class -> kind; the first matching class wins (subclasses first).
+_BY_EXCEPTION: tuple[tuple[type[TerraceError], Kind], ...] = (
+    (SpecError, INVALID_SPEC),
+    (Unauthenticated, UNAUTHENTICATED),
+    (Forbidden, FORBIDDEN),
+    (NotFound, NOT_FOUND),
+    (Conflict, CONFLICT),
+    (InvalidInput, INVALID_REQUEST),
+    (Busy, BUSY),
+    (SourceError, SOURCE_UNAVAILABLE),
+    (VaultError, VAULT),
+)
+_BY_STATUS = {kind.status: kind for kind in reversed(KINDS)}  # the first kind of each status
+# PostgreSQL's "try again" conditions: serialization failure, deadlock.
+_RETRYABLE_SQLSTATES = {"40001", "40P01"}
+
+
+def problem_response(
+    kind: Kind, detail: str, *, headers: Mapping[str, str] | None = None, **extra: Any
+) -> JSONResponse:
     body: dict[str, Any] = {
-        "type": PREFIX + slug,
-        "title": title,
-        "status": status,
+        "type": PREFIX + kind.slug,
+        "title": kind.title,
+        "status": kind.status,
         "detail": detail,
     }
     body.update({key: value for key, value in extra.items() if value is not None})
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+    headers = dict(headers or {})
+    if kind.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if kind.status == 503:
+        headers["Retry-After"] = "5"
+    return JSONResponse(body, status_code=kind.status, media_type=MEDIA_TYPE, headers=headers)
 
 
 async def _terrace_error(_request: Request, exc: Exception) -> JSONResponse:
-    kind = next((k for k in _KINDS if isinstance(exc, k[0])), None)
-    if kind is None:  # pragma: no cover - every TerraceError subclass is listed
-        return await _unexpected(_request, exc)
-    _, status, slug, title = kind
+    kind = next((k for cls, k in _BY_EXCEPTION if isinstance(exc, cls)), INTERNAL)
     if isinstance(exc, SpecError):
         problems = [{"file": p.file, **p.to_json()} for p in exc.problems]
-        files = sorted({p.file for p in exc.problems})
-        detail = f"{len(problems)} problem(s) in {', '.join(files)}: see `problems`"
-        return problem_response(status, slug, title, detail, problems=problems)
+        files = ", ".join(sorted({p.file for p in exc.problems}))
+        return problem_response(
+            kind, f"{len(problems)} problem(s) in {files}: see `problems`", problems=problems
+        )
     if isinstance(exc, VaultError):
-        log.error("vault error: %s", exc)  # names keys and files, never values
+        # The message names key ids and the master key's file: for the server log only.
+        log.error("vault error: %s", exc)
+        return problem_response(kind, "a stored secret could not be opened; see the server log")
     errors = None
     if isinstance(exc, InvalidInput) and exc.field:
         errors = [{"path": f"body.{exc.field}", "message": str(exc)}]
-    return problem_response(status, slug, title, str(exc), errors=errors)
+    return problem_response(kind, str(exc), errors=errors)
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -121,20 +162,32 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     errors = []
     for error in exc.errors():
         location = ".".join(str(part) for part in error.get("loc", ()))
-        # Never echo the input back: it may be a secret value.
         errors.append({"path": location, "message": str(error.get("msg", "invalid"))})
     detail = "; ".join(f"{e['path']}: {e['message']}" for e in errors) or "invalid request"
-    return problem_response(422, "invalid-request", "The request is invalid", detail, errors=errors)
+    if any(error.get("type") == "json_invalid" for error in exc.errors()):
+        return problem_response(BAD_REQUEST, detail)
+    return problem_response(INVALID_REQUEST, detail, errors=errors)
 
 
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    slug, title = _HTTP_SLUGS.get(exc.status_code, ("http-error", "HTTP error"))
-    detail = exc.detail if isinstance(exc.detail, str) else title
-    return problem_response(exc.status_code, slug, title, detail)
+    kind = _BY_STATUS.get(exc.status_code) or Kind(exc.status_code, "http-error", "HTTP error")
+    detail = exc.detail if isinstance(exc.detail, str) else kind.title
+    return problem_response(kind, detail, headers=exc.headers)
 
 
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+async def _database_error(_request: Request, exc: Exception) -> JSONResponse:
+    """A concurrent request won a race the code's own checks could not see: say so, as a 409."""
+    assert isinstance(exc, DBAPIError)
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if isinstance(exc, IntegrityError) or sqlstate in _RETRYABLE_SQLSTATES:
+        return problem_response(
+            CONFLICT, "a concurrent change to the same objects won; send the request again"
+        )
+    return _unexpected(_request, exc)
+
+
+def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     incident = secrets.token_hex(6)
     log.error(
         "unexpected error %s in %s %s: %s",
@@ -145,11 +198,39 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         exc_info=exc,
     )
     return problem_response(
-        500,
-        "internal-error",
-        "Internal error",
-        f"an unexpected error occurred; the server log has it as incident {incident}",
+        INTERNAL, f"an unexpected error occurred; the server log has it as incident {incident}"
     )
+
+
+class CatchAll:
+    """Answer any exception no handler took with a 500 problem, inside the app.
+
+    Starlette's own last resort (ServerErrorMiddleware) answers and then re-raises, so the server
+    logs it twice and closes the keep-alive connection without saying so; the client's next
+    request on it fails. Here the exception ends: logged once, answered, connection kept.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            if started:
+                raise
+            response = _unexpected(Request(scope), exc)
+            await response(scope, receive, send)
 
 
 def install(app: FastAPI) -> None:
@@ -157,4 +238,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(TerraceError, _terrace_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected)
+    app.add_exception_handler(DBAPIError, _database_error)
+    app.add_middleware(CatchAll)

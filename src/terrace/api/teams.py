@@ -8,11 +8,10 @@ from sqlalchemy import select
 from terrace.api.auth import CurrentCaller, require_team
 from terrace.api.context import context
 from terrace.api.models import MemberAdd, MemberOut, MemberRole, TeamCreate, TeamId, TeamOut, UserId
-from terrace.api.workspaces import remove_workspace_files
 from terrace.errors import InvalidInput, NotFound
+from terrace.store.roles import Role
 from terrace.store.tables import Membership, Team, User, Workspace
 from terrace.store.tenancy import (
-    Role,
     add_member,
     create_team,
     membership,
@@ -84,7 +83,7 @@ def delete(request: Request, caller: CurrentCaller, team_id: TeamId) -> None:
         workspaces = list(session.scalars(select(Workspace).where(Workspace.team_id == team_id)))
         session.delete(team)
     for workspace in workspaces:
-        remove_workspace_files(ctx, workspace)
+        ctx.remove_workspace_files(workspace)
 
 
 @router.get("/{teamId}/members", summary="List a team's members")

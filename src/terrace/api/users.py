@@ -8,7 +8,7 @@ from sqlalchemy import select
 from terrace.api.auth import CurrentCaller, require_cluster_admin
 from terrace.api.context import context
 from terrace.api.models import KeyCreate, KeyCreated, KeyId, KeyOut, UserCreate, UserOut
-from terrace.errors import NotFound
+from terrace.errors import InvalidInput, NotFound
 from terrace.store.tables import ApiKey, User, utcnow
 from terrace.store.tenancy import create_user, issue_key
 
@@ -50,10 +50,18 @@ def create_key(request: Request, caller: CurrentCaller, body: KeyCreate) -> KeyC
     owner = body.user_id or caller.user_id
     if owner != caller.user_id:
         require_cluster_admin(caller)
+    # A key cannot outlive the key that made it: by default it expires with it.
+    expires_at = body.expires_at or caller.key_expires_at
+    if caller.key_expires_at and expires_at and expires_at > caller.key_expires_at:
+        raise InvalidInput(
+            f"expiresAt may not be later than the expiry of the key you are using "
+            f"({caller.key_expires_at.isoformat()})",
+            field="expiresAt",
+        )
     with context(request).db.session() as session:
         if session.get(User, owner) is None:
             raise NotFound(f"no user {owner}")
-        row, key = issue_key(session, user_id=owner, name=body.name, expires_at=body.expires_at)
+        row, key = issue_key(session, user_id=owner, name=body.name, expires_at=expires_at)
         return KeyCreated.model_validate({**KeyOut.model_validate(row).model_dump(), "key": key})
 
 

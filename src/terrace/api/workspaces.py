@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import shutil
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,7 +12,7 @@ from fastapi import APIRouter, Body, Query, Request, status
 from sqlalchemy import select
 
 from terrace.api.auth import CurrentCaller, require_team, require_workspace
-from terrace.api.context import AppContext, context
+from terrace.api.context import context
 from terrace.api.models import (
     EnvName,
     EnvVarItem,
@@ -22,21 +23,28 @@ from terrace.api.models import (
     WorkspaceOut,
     WorkspacePatch,
 )
-from terrace.errors import Conflict, Forbidden, InvalidInput, SpecError
-from terrace.sources import check_local_folder, checkout
-from terrace.spec.files import find_landscape
+from terrace.errors import Diagnostic, Forbidden, InvalidInput, SourceError, SpecError
+from terrace.sources import check_local_folder, checkout, read_workspace_file
+from terrace.spec.files import find_landscape, profile_of
+from terrace.spec.landscape import Landscape
+from terrace.spec.landscape_parser import parse_landscape
 from terrace.spec.names import PROFILE
-from terrace.spec.validate import load_landscape
+from terrace.spec.validate import decode_text
+from terrace.store.db import flush_unique
 from terrace.store.roles import Role
 from terrace.store.tables import Workspace, utcnow
-from terrace.store.workspaces import add_workspace, delete_env, env_vars, put_env
+from terrace.store.tenancy import Caller
+from terrace.store.workspaces import add_workspace, delete_env, env_vars, put_env, require_free_name
 
 router = APIRouter(prefix="/workspaces", tags=["workspaces"])
+
+INCOMING_PREFIX = ".incoming-"
+"""Clones in progress live in ``workspaces/.incoming-<random>`` until their row commits."""
 
 MAX_ENV_VARS = 1000
 
 
-def workspace_out(row: Workspace) -> WorkspaceOut:
+def workspace_out(row: Workspace, caller: Caller) -> WorkspaceOut:
     return WorkspaceOut(
         id=row.id,
         team_id=row.team_id,
@@ -45,18 +53,10 @@ def workspace_out(row: Workspace) -> WorkspaceOut:
         git_url=row.git_url,
         git_ref=row.git_ref,
         commit=row.commit,
-        path=row.path if row.source == "local" else None,
+        # A server path means something only to whoever administers the server.
+        path=row.path if row.source == "local" and caller.cluster_admin else None,
         created_at=row.created_at,
     )
-
-
-def remove_workspace_files(ctx: AppContext, workspace: Workspace) -> None:
-    """Delete a cloned workspace's files. A local folder belongs to its owner: it stays."""
-    if workspace.source != "git":
-        return
-    path = Path(workspace.path)
-    if path.parent == ctx.workspaces_dir:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @router.post(
@@ -73,12 +73,7 @@ def create(request: Request, caller: CurrentCaller, body: WorkspaceCreate) -> Wo
         raise InvalidInput("gitRef goes with gitUrl, not with path", field="gitRef")
     with ctx.db.session() as session:
         require_team(session, caller, body.team_id, Role.DEVELOPER)
-        if session.scalar(
-            select(Workspace.id).where(
-                Workspace.team_id == body.team_id, Workspace.name == body.name
-            )
-        ):
-            raise Conflict(f"team {body.team_id} already has a workspace named {body.name!r}")
+        require_free_name(session, body.team_id, body.name)  # before a clone that may be long
     row = Workspace(
         team_id=body.team_id, name=body.name, created_by=caller.user_id, created_at=utcnow()
     )
@@ -89,16 +84,12 @@ def create(request: Request, caller: CurrentCaller, body: WorkspaceCreate) -> Wo
         row.source, row.path = "local", str(check_local_folder(body.path))
     else:
         assert body.git_url is not None
-        incoming = ctx.workspaces_dir / f".incoming-{secrets.token_hex(8)}"
+        incoming = ctx.workspaces_dir / f"{INCOMING_PREFIX}{secrets.token_hex(8)}"
         # The clone runs outside any transaction: it may take minutes.
         done = checkout(body.git_url, body.git_ref, incoming, allow_local=caller.cluster_admin)
-        row.source, row.git_url, row.git_ref, row.commit = (
-            "git",
-            body.git_url,
-            body.git_ref,
-            done.commit,
-        )
-        row.path = str(incoming)
+        row.source, row.git_url, row.git_ref = "git", body.git_url, body.git_ref
+        row.commit, row.path = done.commit, str(incoming)
+    final: Path | None = None
     try:
         with ctx.db.session() as session:
             add_workspace(session, row)
@@ -107,10 +98,11 @@ def create(request: Request, caller: CurrentCaller, body: WorkspaceCreate) -> Wo
                 incoming.rename(final)
                 row.path = str(final)
     except BaseException:
-        if incoming is not None:
-            shutil.rmtree(incoming, ignore_errors=True)
+        for leftover in (incoming, final):
+            if leftover is not None:
+                shutil.rmtree(leftover, ignore_errors=True)
         raise
-    return workspace_out(row)
+    return workspace_out(row, caller)
 
 
 @router.get("/team/{teamId}", summary="List a team's workspaces")
@@ -120,13 +112,13 @@ def list_for_team(request: Request, caller: CurrentCaller, team_id: TeamId) -> l
         rows = session.scalars(
             select(Workspace).where(Workspace.team_id == team_id).order_by(Workspace.id)
         )
-        return [workspace_out(row) for row in rows]
+        return [workspace_out(row, caller) for row in rows]
 
 
 @router.get("/{workspaceId}", summary="Get a workspace")
 def get(request: Request, caller: CurrentCaller, workspace_id: WorkspaceId) -> WorkspaceOut:
     with context(request).db.session() as session:
-        return workspace_out(require_workspace(session, caller, workspace_id, Role.VIEWER))
+        return workspace_out(require_workspace(session, caller, workspace_id, Role.VIEWER), caller)
 
 
 @router.patch("/{workspaceId}", summary="Rename a workspace")
@@ -135,18 +127,10 @@ def rename(
 ) -> WorkspaceOut:
     with context(request).db.session() as session:
         row = require_workspace(session, caller, workspace_id, Role.DEVELOPER)
-        taken = session.scalar(
-            select(Workspace.id).where(
-                Workspace.team_id == row.team_id,
-                Workspace.name == body.name,
-                Workspace.id != row.id,
-            )
-        )
-        if taken:
-            raise Conflict(f"team {row.team_id} already has a workspace named {body.name!r}")
+        require_free_name(session, row.team_id, body.name, other_than=row.id)
         row.name = body.name
-        session.flush()
-        return workspace_out(row)
+        flush_unique(session, f"team {row.team_id} already has a workspace named {body.name!r}")
+        return workspace_out(row, caller)
 
 
 @router.delete(
@@ -157,7 +141,7 @@ def delete(request: Request, caller: CurrentCaller, workspace_id: WorkspaceId) -
     with ctx.db.session() as session:
         row = require_workspace(session, caller, workspace_id, Role.DEVELOPER)
         session.delete(row)
-    remove_workspace_files(ctx, row)
+    ctx.remove_workspace_files(row)
 
 
 @router.get("/{workspaceId}/env-vars", summary="List env vars")
@@ -238,16 +222,10 @@ def landscape(
 ) -> LandscapeOut:
     with context(request).db.session() as session:
         row = require_workspace(session, caller, workspace_id, Role.VIEWER)
-    folder = Path(row.path)
-    try:
-        path = find_landscape(folder, profile)
-    except SpecError as exc:
-        wanted = f"ci.{profile}.yml" if profile else "ci.yml"
-        raise SpecError.single(f"the workspace has no {wanted}", file=wanted) from exc
-    parsed = load_landscape(path, display=path.name)
-    spec = parsed.value
+    parsed = _read_landscape(Path(row.path), profile)
+    spec = parsed.landscape
     return LandscapeOut(
-        file=path.name,
+        file=parsed.file,
         schema_version=spec.schema_version,
         profile=spec.profile,
         services=[
@@ -260,4 +238,37 @@ def landscape(
     )
 
 
-__all__ = ["remove_workspace_files", "router", "workspace_out"]
+@dataclass(frozen=True, slots=True)
+class _Read:
+    file: str
+    landscape: Landscape
+    warnings: tuple[Diagnostic, ...]
+
+
+def _read_landscape(folder: Path, profile: str | None) -> _Read:
+    """The workspace's landscape, read without following links out of the workspace.
+
+    Problems name files relative to the workspace: the server's own paths stay out of them.
+    """
+    try:
+        path = find_landscape(folder, profile)
+    except SpecError as exc:
+        raise SpecError(
+            [
+                replace(
+                    p,
+                    file=Path(p.file).name,
+                    message=p.message.replace(str(folder), "the workspace"),
+                )
+                for p in exc.problems
+            ]
+        ) from None
+    except OSError as exc:
+        raise SourceError(f"the workspace's files cannot be read: {exc.strerror}") from None
+    name = path.name
+    text = decode_text(read_workspace_file(folder, name), file=name)
+    parsed = parse_landscape(text, file=name, profile=profile_of(name))
+    return _Read(name, parsed.value, parsed.warnings)
+
+
+__all__ = ["INCOMING_PREFIX", "router", "workspace_out"]

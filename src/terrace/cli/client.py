@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from terrace import __version__
+from terrace.cli.terminal import printable
 from terrace.errors import TerraceError
 
 __all__ = [
@@ -91,10 +92,12 @@ class RequestFailed(CliError):
         self.problems = problems
 
     def lines(self) -> list[str]:
+        """The server's words, with control characters escaped (a detail may span lines)."""
+        title, detail = printable(self.title), printable(self.detail, multiline=True)
         return [
-            str(self),
-            *(f"{e.path}: {e.message}" for e in self.errors),
-            *(str(p) for p in self.problems),
+            f"{title}: {detail}" if detail else title,
+            *(f"{printable(e.path)}: {printable(e.message)}" for e in self.errors),
+            *(printable(str(p)) for p in self.problems),
         ]
 
     @classmethod

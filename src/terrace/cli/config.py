@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -137,11 +138,15 @@ def resolve_target(
     return Target(url=url, key=key, source=source)
 
 
+# ASCII digits only: isdigit() takes "²", which int() refuses; int() takes "٣" and "1_0".
+_ID = re.compile(r"[0-9]{1,18}")
+
+
 def _id_from_env(env: Mapping[str, str], name: str) -> int | None:
     raw = env.get(name, "").strip()
     if not raw:
         return None
-    if not raw.isdigit() or int(raw) < 1:
+    if not _ID.fullmatch(raw) or int(raw) < 1:
         raise UsageProblem(f"{name} must be an ID (a positive integer), not {raw!r}")
     return int(raw)
 

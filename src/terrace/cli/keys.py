@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from terrace.cli.client import UsageProblem
-from terrace.cli.common import ApiOption, JsonOption, connect, show
+from terrace.cli.common import ApiOption, JsonOption, connect, handled, show
 from terrace.cli.output import say
 
 __all__ = ["KEY_FIELDS", "app", "parse_duration", "print_new_key"]
@@ -26,19 +26,27 @@ KEY_FIELDS = [
     ("REVOKED", "revokedAt"),
     ("LAST USED", "lastUsedAt"),
 ]
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-_DURATION = re.compile(r"^\s*(\d{1,6})\s*([smhdw])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+# ASCII digits only: \d would take "²" or "٣" too.
+_DURATION = re.compile(r"[ \t]*([0-9]{1,12})[ \t]*([smhdw])[ \t]*")
+MAX_EXPIRES_IN = timedelta(days=3650)  # ten years: far enough, and well inside datetime's range
 
 
 def parse_duration(text: str) -> timedelta:
-    """``90s``, ``15m``, ``12h``, ``30d``, ``2w``."""
-    match = _DURATION.match(text)
+    """``90s``, ``15m``, ``12h``, ``30d``, ``2w``: more than nothing, at most 3650 days."""
+    match = _DURATION.fullmatch(text)
     if not match or int(match[1]) == 0:
         raise UsageProblem(
             f"--expires-in: {text!r} is not a duration such as 12h, 30d or 2w "
-            "(units: s, m, h, d, w)"
+            f"(units: s, m, h, d, w; at most {MAX_EXPIRES_IN.days}d)"
         )
-    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+    seconds = int(match[1]) * _UNIT_SECONDS[match[2]]  # no timedelta yet: it may overflow
+    if seconds > MAX_EXPIRES_IN.total_seconds():
+        raise UsageProblem(
+            f"--expires-in: {text!r} is too long; it must be between 1s and "
+            f"{MAX_EXPIRES_IN.days}d (10 years)"
+        )
+    return timedelta(seconds=seconds)
 
 
 def print_new_key(key: dict[str, Any]) -> None:
@@ -62,7 +70,10 @@ def create(
     ],
     expires_in: Annotated[
         str | None,
-        typer.Option(help="Stop working after this long: 12h, 30d, 2w...", show_default="never"),
+        typer.Option(
+            help="Stop working after this long: 12h, 30d, 2w... (at most 3650d).",
+            show_default="never",
+        ),
     ] = None,
     user_id: Annotated[
         int | None,
@@ -72,10 +83,12 @@ def create(
     as_json: JsonOption = False,
 ) -> None:
     """Create an API key. It is printed once: store it then."""
+    with handled():  # a bad duration is a usage error, whether or not an API is there
+        lifetime = None if expires_in is None else parse_duration(expires_in)
     with connect(api) as session:
         body: dict[str, Any] = {"name": name}
-        if expires_in is not None:
-            body["expiresAt"] = (datetime.now(UTC) + parse_duration(expires_in)).isoformat()
+        if lifetime is not None:
+            body["expiresAt"] = (datetime.now(UTC) + lifetime).isoformat()
         if user_id is not None:
             body["userId"] = user_id
         key = session.api.post("/keys", body)

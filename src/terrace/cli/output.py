@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from terrace.cli.client import CliError
+from terrace.cli.terminal import printable
 
 __all__ = ["Columns", "cell", "print_error", "print_json", "print_record", "print_table", "say"]
 
@@ -31,12 +32,13 @@ def print_json(data: Any) -> None:
 
 
 def say(message: str) -> None:
-    """A line for people on stdout, printed as is (no markup)."""
-    typer.echo(message)
+    """A line for people on stdout: no markup, control characters escaped."""
+    typer.echo(printable(message))
 
 
 def print_error(exc: CliError) -> None:
-    first, *rest = exc.lines()
+    """``error: ...`` on stderr; control characters escaped, but a detail may span lines."""
+    first, *rest = (printable(line, multiline=True) for line in exc.lines())
     typer.echo(f"error: {first}", err=True)
     for line in rest:
         typer.echo(line, err=True)
@@ -54,6 +56,11 @@ def when(value: str) -> str:
 
 
 def cell(key: str, value: Any) -> str:
+    """A value as one line of text, control characters escaped (it may come from anyone)."""
+    return printable(_cell(key, value))
+
+
+def _cell(key: str, value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -72,7 +79,7 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Columns, *, empty: str)
     table = Table(show_edge=False, header_style="bold", pad_edge=False)
     for header, _ in columns:
         table.add_column(header, overflow="fold")
-    for row in rows:
+    for row in rows:  # Text, not str: a name such as "[red]x" is not Rich markup
         table.add_row(*(Text(cell(key, row.get(key))) for _, key in columns))
     _console().print(table)
 

@@ -8,7 +8,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from terrace.cli.terminal import printable
 from terrace.errors import Diagnostic
 from terrace.spec.files import FileKind, kind_of
 from terrace.spec.validate import FileReport, validate_paths
@@ -44,18 +46,21 @@ def validate(
     targets = paths or [Path(".")]
     for target in targets:
         if not target.exists():
-            err.print(f"terrace validate: error: {target}: no such file or folder", markup=False)
+            err.print(
+                f"terrace validate: error: {printable(str(target))}: no such file or folder",
+                markup=False,
+            )
             raise typer.Exit(EXIT_USAGE)
         if target.is_file() and kind is None and kind_of(target.name) is None:
             err.print(
-                f"terrace validate: error: {target}: cannot tell from its name whether it is "
-                "a landscape (ci*.yml) or a provider (provider*.yml); pass --kind",
+                f"terrace validate: error: {printable(str(target))}: cannot tell from its name "
+                "whether it is a landscape (ci*.yml) or a provider (provider*.yml); pass --kind",
                 markup=False,
             )
             raise typer.Exit(EXIT_USAGE)
     reports = validate_paths(targets, kind=kind)
     if not reports:
-        where = ", ".join(str(t) for t in targets)
+        where = printable(", ".join(str(t) for t in targets))
         err.print(
             f"terrace validate: error: no ci.yml or provider.yml files under {where}", markup=False
         )
@@ -71,19 +76,21 @@ def validate(
 def _print_human(reports: list[FileReport], *, quiet: bool) -> None:
     out = Console(highlight=False, soft_wrap=True)
     for report in reports:
+        # A file's name and contents are anyone's: escape control characters and Rich markup.
+        file, summary = escape(printable(report.file)), escape(printable(report.summary))
         problems = sorted((*report.errors, *report.warnings), key=Diagnostic.sort_key)
         if not quiet:
             if report.valid:
-                out.print(f"[green]ok[/]      {report.file}: {report.kind.value}, {report.summary}")
+                out.print(f"[green]ok[/]      {file}: {report.kind.value}, {summary}")
             else:
                 count = len(report.errors)
                 out.print(
-                    f"[red]invalid[/] {report.file}: {report.kind.value}, "
+                    f"[red]invalid[/] {file}: {report.kind.value}, "
                     f"{count} error{'s' if count != 1 else ''}"
                 )
         for problem in problems:
             style = "red" if problem in report.errors else "yellow"
-            out.print(str(problem), style=style, markup=False)
+            out.print(printable(str(problem)), style=style, markup=False)
     if quiet:
         return
     invalid = sum(not r.valid for r in reports)

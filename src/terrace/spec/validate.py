@@ -28,7 +28,14 @@ from terrace.spec.landscape_parser import parse_landscape
 from terrace.spec.provider import LandscapeBackend, Provider
 from terrace.spec.provider_parser import parse_provider
 
-__all__ = ["FileReport", "load_landscape", "load_provider", "read_text", "validate_paths"]
+__all__ = [
+    "FileReport",
+    "decode_text",
+    "load_landscape",
+    "load_provider",
+    "read_text",
+    "validate_paths",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,6 +71,11 @@ def read_text(path: Path, *, display: str | None = None) -> str:
         data = path.read_bytes()
     except OSError as exc:
         raise SpecError.single(f"cannot read the file: {exc.strerror or exc}", file=name) from exc
+    return decode_text(data, file=name)
+
+
+def decode_text(data: bytes, *, file: str) -> str:
+    """Bytes read from ``file`` as UTF-8 text (a BOM is allowed), or a located SpecError."""
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -72,7 +84,7 @@ def read_text(path: Path, *, display: str | None = None) -> str:
         column = exc.start - (before.rfind(b"\n") + 1) + 1
         raise SpecError.single(
             f"the file is not UTF-8 text (byte 0x{data[exc.start]:02x})",
-            file=name,
+            file=file,
             line=line,
             column=column,
         ) from exc

@@ -77,8 +77,10 @@ class Database:
             event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
             event.listen(self.engine, "connect", _no_pysqlite_begin)
         else:
+            # uvicorn runs the API's endpoints in 40 threads, each holding one connection at
+            # most: the pool must not be what makes a request wait or fail.
             self.engine = create_engine(
-                url, pool_size=10, max_overflow=20, pool_pre_ping=True, hide_parameters=True
+                url, pool_size=10, max_overflow=40, pool_pre_ping=True, hide_parameters=True
             )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 

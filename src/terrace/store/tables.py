@@ -55,8 +55,14 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
+# Ids are never reused, on SQLite too (AUTOINCREMENT): a CLI's saved default team or workspace
+# must not silently come to mean someone else's after a delete.
+_NO_REUSE = {"sqlite_autoincrement": True}
+
+
 class User(Base):
     __tablename__ = "users"
+    __table_args__ = _NO_REUSE
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100))
@@ -67,6 +73,7 @@ class User(Base):
 
 class Team(Base):
     __tablename__ = "teams"
+    __table_args__ = _NO_REUSE
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
@@ -90,6 +97,7 @@ class ApiKey(Base):
     """An API key. Only the SHA-256 of the key is kept; ``prefix`` is its first characters."""
 
     __tablename__ = "api_keys"
+    __table_args__ = _NO_REUSE
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
@@ -104,7 +112,7 @@ class ApiKey(Base):
 
 class Workspace(Base):
     __tablename__ = "workspaces"
-    __table_args__ = (UniqueConstraint("team_id", "name"),)
+    __table_args__ = (UniqueConstraint("team_id", "name"), _NO_REUSE)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)
@@ -139,6 +147,7 @@ class VaultKey(Base):
     """
 
     __tablename__ = "vault_keys"
+    __table_args__ = _NO_REUSE
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     wrapped: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
@@ -150,7 +159,7 @@ class Secret(Base):
     """One secret, sealed. ``workspace_id`` is NULL for a team secret."""
 
     __tablename__ = "secrets"
-    __table_args__ = (UniqueConstraint("team_id", "scope", "name"),)
+    __table_args__ = (UniqueConstraint("team_id", "scope", "name"), _NO_REUSE)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     team_id: Mapped[int] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), index=True)

@@ -17,7 +17,6 @@ from terrace.store.tables import ApiKey, Membership, Team, User, utcnow
 
 __all__ = [
     "KEY_PREFIX",
-    "Role",
     "add_member",
     "authenticate",
     "create_team",
@@ -32,6 +31,8 @@ __all__ = [
 KEY_PREFIX = "trk_"
 """Every API key starts with this, so secret scanners and humans can recognise one."""
 SHOWN_PREFIX = 12
+MAX_EMAIL = 254
+MAX_KEY_LIFETIME = timedelta(days=3650)
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 """``last_used_at`` is written at most this often per key, so reads do not all become writes."""
 
@@ -43,6 +44,7 @@ class Caller:
     user_id: int
     key_id: int
     cluster_admin: bool
+    key_expires_at: datetime | None = None
 
 
 def digest(key: str) -> bytes:
@@ -52,6 +54,8 @@ def digest(key: str) -> bytes:
 
 def create_user(session: Session, *, name: str, email: str, cluster_admin: bool = False) -> User:
     email = email.strip().lower()
+    if len(email) > MAX_EMAIL:
+        raise InvalidInput(f"email may have at most {MAX_EMAIL} characters", field="email")
     if session.scalar(select(User.id).where(User.email == email)) is not None:
         raise Conflict(f"a user with email {email!r} already exists")
     user = User(name=name, email=email, cluster_admin=cluster_admin, created_at=utcnow())
@@ -64,15 +68,29 @@ def issue_key(
     session: Session, *, user_id: int, name: str, expires_at: datetime | None = None
 ) -> tuple[ApiKey, str]:
     """A new key for a user: the stored row and the key itself, which is never stored."""
-    if expires_at is not None and expires_at <= utcnow():
-        raise InvalidInput("expiresAt must be in the future", field="expiresAt")
+    if expires_at is not None and not utcnow() < expires_at <= utcnow() + MAX_KEY_LIFETIME:
+        raise InvalidInput(
+            f"expiresAt must be in the future, and at most {MAX_KEY_LIFETIME.days} days away",
+            field="expiresAt",
+        )
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     return _store_key(session, user_id=user_id, name=name, key=key, expires_at=expires_at), key
 
 
 def adopt_key(session: Session, *, user_id: int, name: str, key: str) -> ApiKey:
-    """Store a key chosen outside Terrace (``TERRACE_ADMIN_KEY``), unless it is stored already."""
+    """Make a key chosen outside Terrace (``TERRACE_ADMIN_KEY``) the user's only key of that
+    name: the key it replaces, if any, is revoked."""
     row = session.scalar(select(ApiKey).where(ApiKey.digest == digest(key)))
+    session.execute(
+        update(ApiKey)
+        .where(
+            ApiKey.user_id == user_id,
+            ApiKey.name == name,
+            ApiKey.revoked_at.is_(None),
+            ApiKey.digest != digest(key),
+        )
+        .values(revoked_at=utcnow())
+    )
     if row is not None:
         return row
     return _store_key(session, user_id=user_id, name=name, key=key, expires_at=None)
@@ -109,7 +127,12 @@ def authenticate(session: Session, key: str) -> Caller:
         raise Unauthenticated("the API key is not valid")
     if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
         session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
-    return Caller(user_id=user.id, key_id=row.id, cluster_admin=user.cluster_admin)
+    return Caller(
+        user_id=user.id,
+        key_id=row.id,
+        cluster_admin=user.cluster_admin,
+        key_expires_at=row.expires_at,
+    )
 
 
 def create_team(session: Session, *, name: str, admin_user_id: int) -> Team:
@@ -141,6 +164,7 @@ def add_member(session: Session, *, team_id: int, user_id: int, role: Role) -> M
 
 
 def set_role(session: Session, *, team_id: int, user_id: int, role: Role) -> Membership:
+    _lock_team(session, team_id)
     row = _member(session, team_id, user_id, lock=True)
     if row.role == Role.ADMIN and role != Role.ADMIN:
         _keep_an_admin(session, team_id)
@@ -150,11 +174,18 @@ def set_role(session: Session, *, team_id: int, user_id: int, role: Role) -> Mem
 
 
 def remove_member(session: Session, *, team_id: int, user_id: int) -> None:
+    _lock_team(session, team_id)
     row = _member(session, team_id, user_id, lock=True)
     if row.role == Role.ADMIN:
         _keep_an_admin(session, team_id)
     session.delete(row)
     session.flush()
+
+
+def _lock_team(session: Session, team_id: int) -> None:
+    """Membership changes of one team take turns (on SQLite every write transaction does)."""
+    if session.get(Team, team_id, with_for_update=True) is None:
+        raise NotFound(f"no team {team_id}")
 
 
 def _member(session: Session, team_id: int, user_id: int, *, lock: bool) -> Membership:
@@ -166,9 +197,9 @@ def _member(session: Session, team_id: int, user_id: int, *, lock: bool) -> Memb
 
 def _keep_an_admin(session: Session, team_id: int) -> None:
     admins = session.scalars(
-        select(Membership.user_id)
-        .where(Membership.team_id == team_id, Membership.role == Role.ADMIN)
-        .with_for_update()
+        select(Membership.user_id).where(
+            Membership.team_id == team_id, Membership.role == Role.ADMIN
+        )
     ).all()
     if len(admins) <= 1:
         raise Conflict(f"team {team_id} must keep at least one admin")

@@ -8,38 +8,31 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from terrace.errors import Conflict, InvalidInput, NotFound
-from terrace.spec.names import ENV_NAME
+from terrace.errors import Conflict
 from terrace.store.db import flush_unique
 from terrace.store.tables import EnvVar, Workspace, utcnow
 
-__all__ = ["delete_env", "env_vars", "get_workspace", "put_env", "team_workspaces"]
+__all__ = ["add_workspace", "delete_env", "env_vars", "put_env", "require_free_name"]
 
 
-def get_workspace(session: Session, workspace_id: int) -> Workspace:
-    row = session.get(Workspace, workspace_id)
-    if row is None:
-        raise NotFound(f"no workspace {workspace_id}")
-    return row
-
-
-def team_workspaces(session: Session, team_id: int) -> list[Workspace]:
-    return list(
-        session.scalars(
-            select(Workspace).where(Workspace.team_id == team_id).order_by(Workspace.id)
-        )
-    )
+def require_free_name(
+    session: Session, team_id: int, name: str, *, other_than: int | None = None
+) -> None:
+    """:class:`Conflict` if the team has another workspace called ``name``."""
+    query = select(Workspace.id).where(Workspace.team_id == team_id, Workspace.name == name)
+    if other_than is not None:
+        query = query.where(Workspace.id != other_than)
+    if session.scalar(query) is not None:
+        raise Conflict(f"team {team_id} already has a workspace named {name!r}")
 
 
 def add_workspace(session: Session, workspace: Workspace) -> Workspace:
-    taken = select(Workspace.id).where(
-        Workspace.team_id == workspace.team_id, Workspace.name == workspace.name
-    )
-    message = f"team {workspace.team_id} already has a workspace named {workspace.name!r}"
-    if session.scalar(taken) is not None:
-        raise Conflict(message)
+    """Insert a workspace; a name taken meanwhile by another request is a Conflict too."""
+    require_free_name(session, workspace.team_id, workspace.name)
     session.add(workspace)
-    flush_unique(session, message)
+    flush_unique(
+        session, f"team {workspace.team_id} already has a workspace named {workspace.name!r}"
+    )
     return workspace
 
 
@@ -48,15 +41,6 @@ def env_vars(session: Session, workspace_id: int) -> dict[str, str]:
         select(EnvVar).where(EnvVar.workspace_id == workspace_id).order_by(EnvVar.name)
     )
     return {row.name: row.value for row in rows}
-
-
-def check_env_name(name: str, field: str) -> None:
-    if not ENV_NAME.match(name) or len(name) > 255:
-        raise InvalidInput(
-            f"{name!r} is not a valid environment variable name: use letters, digits and '_', "
-            "not starting with a digit",
-            field=field,
-        )
 
 
 def put_env(session: Session, workspace_id: int, values: Mapping[str, str]) -> None:
@@ -71,7 +55,8 @@ def put_env(session: Session, workspace_id: int, values: Mapping[str, str]) -> N
         {"workspace_id": workspace_id, "name": name, "value": value, "updated_at": now}
         for name, value in values.items()
     ]
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     statement = insert(EnvVar).values(rows)
     session.execute(
         statement.on_conflict_do_update(

@@ -8,6 +8,7 @@ from datetime import datetime
 from threading import Lock
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from terrace.errors import Conflict, InvalidInput, NotFound, VaultError
@@ -83,9 +84,8 @@ class Vault:
         check_secret_name(ref.name)
         key_id, key = self._primary(session)
         sealed = seal(key, value.encode(), ref.aad())
-        row = self._row(session, ref)
-        created = row is None
         now = utcnow()
+        row = self._row(session, ref)
         if row is None:
             row = Secret(
                 team_id=ref.team_id,
@@ -97,11 +97,18 @@ class Vault:
                 created_at=now,
                 updated_at=now,
             )
-            session.add(row)
-        else:
-            row.key_id, row.sealed, row.updated_at = key_id, sealed, now
+            try:
+                with session.begin_nested():
+                    session.add(row)
+                    session.flush()
+                return _info(row), True
+            except IntegrityError:  # another request created it meanwhile: replace theirs
+                row = self._row(session, ref)
+                if row is None:  # pragma: no cover - it was deleted again just as fast
+                    raise Conflict(f"secret {ref.name!r} changed concurrently; retry") from None
+        row.key_id, row.sealed, row.updated_at = key_id, sealed, now
         session.flush()
-        return _info(row), created
+        return _info(row), False
 
     def delete(self, session: Session, ref: SecretRef) -> None:
         row = self._row(session, ref)
@@ -197,7 +204,15 @@ class Vault:
         )
 
     def _primary(self, session: Session) -> tuple[int, bytes]:
-        key_id = session.scalar(select(func.max(VaultKey.id)).where(VaultKey.retired_at.is_(None)))
+        # FOR SHARE: a concurrent retire of this key waits for this transaction, so nothing is
+        # ever sealed under a key whose material is being erased.
+        key_id = session.scalar(
+            select(VaultKey.id)
+            .where(VaultKey.retired_at.is_(None))
+            .order_by(VaultKey.id.desc())
+            .limit(1)
+            .with_for_update(read=True)
+        )
         if key_id is None:
             return self._new_key(session)
         return key_id, self._key(session, key_id)
