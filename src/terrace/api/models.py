@@ -9,6 +9,7 @@ from fastapi import Path
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
+from terrace.spec.names import ENV_NAME, SECRET_NAME
 from terrace.store.roles import Role
 
 MAX_ID = 2_147_483_647  # a 32-bit INTEGER on PostgreSQL
@@ -31,11 +32,9 @@ Email = Annotated[
         strip_whitespace=True, max_length=254, pattern=r"^[^@\s\x00-\x1f]+@[^@\s\x00-\x1f]+$"
     ),
 ]
-EnvName = Annotated[
-    str, StringConstraints(min_length=1, max_length=255, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-]
+EnvName = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=ENV_NAME.pattern)]
 SecretName = Annotated[
-    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+    str, StringConstraints(min_length=1, max_length=128, pattern=SECRET_NAME.pattern)
 ]
 Text = Annotated[str, StringConstraints(max_length=65_536, pattern=r"^[^\x00]*$")]
 

@@ -52,17 +52,17 @@ def create(request: Request, caller: CurrentCaller, body: TeamCreate) -> TeamOut
 
 @router.get("", summary="List teams", description="Yours; a cluster admin sees every team.")
 def list_teams(request: Request, caller: CurrentCaller) -> list[TeamOut]:
+    query = select(Team, Membership.role).order_by(Team.id)
+    member = (Membership.team_id == Team.id) & (Membership.user_id == caller.user_id)
+    # A cluster admin sees every team (with no role where not a member); others only theirs.
+    query = (
+        query.outerjoin(Membership, member)
+        if caller.cluster_admin
+        else query.join(Membership, member)
+    )
     with context(request).db.session() as session:
-        rows = session.execute(
-            select(Team, Membership.role)
-            .outerjoin(
-                Membership, (Membership.team_id == Team.id) & (Membership.user_id == caller.user_id)
-            )
-            .order_by(Team.id)
-        ).all()
-        # An outer join: the role is NULL for teams the caller is not in.
-        roles: list[tuple[Team, str | None]] = [(row[0], row[1]) for row in rows]
-        return [_team_out(team, role) for team, role in roles if role or caller.cluster_admin]
+        rows: list[tuple[Team, str | None]] = [(row[0], row[1]) for row in session.execute(query)]
+        return [_team_out(team, role) for team, role in rows]
 
 
 @router.get("/{teamId}", summary="Get a team")
