@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -348,3 +349,13 @@ def test_concurrent_writes_never_fail(live: LiveServer, admin: httpx.Client, tea
     assert removed == [204, 204]  # the creator, also an admin, remains
     members = admin.get(f"/teams/{team}/members").json()
     assert [m["role"] for m in members] == ["admin"]
+
+
+def test_a_stopped_server_leaves_no_discovery_file(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "home")
+    marker = server.home / "server.json"
+    assert marker.exists()
+    server.stop()
+    assert server.process.returncode in (0, -signal.SIGTERM)
+    assert not marker.exists()
+    assert "Traceback" not in server.log_text()
