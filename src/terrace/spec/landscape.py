@@ -12,6 +12,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
+from terrace.errors import Diagnostic
+from terrace.spec.diagnostics import START, JsonPath, Mark, format_path
 from terrace.spec.expressions import Reference, RefKind, Template
 
 __all__ = [
@@ -198,6 +200,10 @@ class ManagedServiceEntry:
         return tuple(found)
 
 
+def _no_marks() -> Mapping[JsonPath, Mark]:
+    return MappingProxyType({})
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Landscape:
     """A whole ``ci.yml``: stages, services and managed services, in file order."""
@@ -210,6 +216,29 @@ class Landscape:
     test: Stage = field(default_factory=Stage)
     services: Mapping[str, Service] = field(default_factory=_frozen_map)
     managed_services: Mapping[str, ManagedServiceEntry] = field(default_factory=_frozen_map)
+    file: str = "ci.yml"
+    """The file's name as given to the parser: what problems found later name."""
+    marks: Mapping[JsonPath, Mark] = field(default_factory=_no_marks, compare=False, repr=False)
+    """Where each value of the file starts, so that checks made after parsing (a deploy's)
+    can point at a line too."""
+
+    def service_path(self, name: str) -> JsonPath:
+        """The JSON path of a service in the file: ``run.<name>``, or ``run`` in a legacy file."""
+        return ("run",) if self.schema_version == "v0.1" else ("run", name)
+
+    def problem(self, path: JsonPath, message: str) -> Diagnostic:
+        """A problem at ``path`` (or its nearest ancestor the file has), located in the file."""
+        probe = path
+        while probe and probe not in self.marks:
+            probe = probe[:-1]
+        mark = self.marks.get(probe, START)
+        return Diagnostic(
+            file=self.file,
+            line=mark.line,
+            column=mark.column,
+            path=format_path(path),
+            message=message,
+        )
 
     @property
     def references(self) -> tuple[Reference, ...]:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import posixpath
 import re
+from dataclasses import replace
+from types import MappingProxyType
 
 from terrace.spec.diagnostics import Collector, Parsed
 from terrace.spec.document import load_document
@@ -82,7 +84,13 @@ def parse_landscape(
     landscape = None if root is None else _LandscapeParser(reader, profile).parse(root)
     collector.raise_if_errors()
     assert landscape is not None
-    return Parsed(landscape, collector.warnings)
+    # Where a value starts, but the key for a block collection, whose value starts a line later.
+    marks = dict(doc.value_marks)
+    for path, key_mark in doc.key_marks.items():
+        if path not in marks or marks[path].line != key_mark.line:
+            marks[path] = key_mark
+    located = replace(landscape, file=file, marks=MappingProxyType(marks))
+    return Parsed(located, collector.warnings)
 
 
 class _LandscapeParser:
