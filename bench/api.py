@@ -31,7 +31,6 @@ import os
 import secrets
 import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +44,10 @@ import httpx
 import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the same server helper the tests use
+
+from tests.support.live import LiveServer, start_server  # noqa: E402
+
 STORES = ("sqlite", "postgresql")
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 REQUEST_TIMEOUT = 10.0  # seconds; a request slower than this is an error
@@ -74,13 +77,6 @@ class Samples:
         self.errors += other.errors
         self.problems += other.problems
         self.span += other.span
-
-
-@dataclass
-class Server:
-    url: str  # http://127.0.0.1:PORT
-    process: subprocess.Popen[bytes]
-    log: Path
 
 
 # --- the load ---------------------------------------------------------------------------------
@@ -159,7 +155,9 @@ class Phases:
     rate: float
 
 
-async def measure(server: Server, admin_key: str, workdir: Path, phases: Phases) -> dict[str, Any]:
+async def measure(
+    server: LiveServer, admin_key: str, workdir: Path, phases: Phases
+) -> dict[str, Any]:
     """Set up a team and a workspace, warm up, then peer / mutating / peer."""
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=200)
     async with httpx.AsyncClient(
@@ -283,48 +281,6 @@ def server_cpu_seconds(pid: int) -> float | None:
 # --- servers and stores -----------------------------------------------------------------------
 
 
-def start_server(home: Path, admin_key: str, database_url: str | None) -> Server:
-    """``terrace server --port 0`` in ``home``; returns once it answers /api/health."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TERRACE_")}
-    env["TERRACE_HOME"] = str(home)
-    env["TERRACE_ADMIN_KEY"] = admin_key
-    if database_url:
-        env["TERRACE_DATABASE_URL"] = database_url
-    log = home.parent / "server.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "terrace", "server", "--port", "0"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-    marker = home / "server.json"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"terrace server exited {process.returncode}:\n{log.read_text()}")
-        try:
-            url = json.loads(marker.read_text())["url"]
-            if httpx.get(url + "/api/health", timeout=2).status_code == 200:
-                return Server(url, process, log)
-        except (OSError, ValueError, KeyError, httpx.HTTPError):
-            pass
-        time.sleep(0.05)  # polling a condition with a deadline
-    stop_server(process)
-    raise RuntimeError(f"terrace server did not answer within 60 s:\n{log.read_text()}")
-
-
-def stop_server(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @contextmanager
 def postgres_database(admin_url: str) -> Iterator[tuple[str, dict[str, str]]]:
     """A fresh database for one run (its URL and the server's settings), dropped afterwards."""
@@ -358,14 +314,14 @@ def bench_store(store: str, phases: Phases, postgres_url: str) -> dict[str, Any]
 def run_server(
     home: Path, admin_key: str, database_url: str | None, workdir: Path, phases: Phases
 ) -> dict[str, Any]:
-    server = start_server(home, admin_key, database_url)
+    server = start_server(home, database_url, TERRACE_ADMIN_KEY=admin_key)
     try:
         result = asyncio.run(measure(server, admin_key, workdir, phases))
     except Exception:
         print(f"server log:\n{server.log.read_text(errors='replace')[-4000:]}", file=sys.stderr)
         raise
     finally:
-        stop_server(server.process)
+        server.stop()
     locked = server.log.read_text(errors="replace").count("database is locked")
     if locked:
         result["log_database_locked"] = locked

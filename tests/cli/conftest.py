@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import EXAMPLES, ROOT
-from tests.support.gitserver import make_repo, serve_folder
+from tests.conftest import ROOT
 from tests.support.live import LiveServer, start_server
 
 _serial = itertools.count(1)
@@ -27,21 +26,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     server = start_server(tmp_path_factory.mktemp("cli-server") / "home")
     yield server
     server.stop()
-
-
-@dataclass(frozen=True)
-class GitRepo:
-    url: str
-    commit: str
-
-
-@pytest.fixture(scope="session")
-def hello_repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitRepo]:
-    """examples/01-hello as a git repository over HTTP (branch main, tag v1)."""
-    root = tmp_path_factory.mktemp("cli-git")
-    commit = make_repo(EXAMPLES / "01-hello", root / "hello.git")
-    with serve_folder(root) as base:
-        yield GitRepo(f"{base}/hello.git", commit)
 
 
 @dataclass

@@ -6,8 +6,8 @@ import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from tests.cli.conftest import Cli, GitRepo, Person, new_team, new_user
-from tests.conftest import EXAMPLES
+from tests.cli.conftest import Cli, Person, new_team, new_user
+from tests.conftest import EXAMPLES, GitRepo
 from tests.support.live import LiveServer
 
 
@@ -164,23 +164,23 @@ def test_a_workspace_from_a_relative_path_and_its_landscape(live: LiveServer, cl
 
 
 def test_a_workspace_from_git_becomes_the_default(
-    live: LiveServer, cli: Cli, hello_repo: GitRepo
+    live: LiveServer, cli: Cli, git_repo: GitRepo
 ) -> None:
     developer = new_user(live)
     team = str(new_team(live, developer))
     env = _as(live, developer)
     created = cli(
-        "workspaces", "create", "hello", "--git", hello_repo.url, "--ref", "v1", "-t", team, **env
+        "workspaces", "create", "hello", "--git", git_repo.url, "--ref", "v1", "-t", team, **env
     )
     assert created.returncode == 0, created.stderr
-    assert f"COMMIT   {hello_repo.commit}" in created.stdout
+    assert f"COMMIT   {git_repo.commit}" in created.stdout
     workspace = created.stdout.splitlines()[0].split()[-1]
 
     use = cli("workspaces", "use", workspace, **env)
     assert use.returncode == 0, use.stderr
     assert f"Default workspace: {workspace} (hello) in team {team}" in use.stdout
     shown = cli("workspaces", "get", "--json", **env).json()
-    assert (shown["gitUrl"], shown["gitRef"]) == (hello_repo.url, "v1")
+    assert (shown["gitUrl"], shown["gitRef"]) == (git_repo.url, "v1")
     assert cli("env", "set", "GREETING=hi", **env).returncode == 0
     assert cli("workspaces", "list", "--json", **env).json()[0]["name"] == "hello"
 
@@ -192,7 +192,7 @@ def test_a_workspace_from_git_becomes_the_default(
     assert "which workspace?" in missing.stderr
 
     no_repo = cli(
-        "workspaces", "create", "x", "--git", hello_repo.url + "-missing", "-t", team, **env
+        "workspaces", "create", "x", "--git", git_repo.url + "-missing", "-t", team, **env
     )
     assert no_repo.returncode == 1
     assert no_repo.stderr.startswith("error: The workspace source could not be read: ")

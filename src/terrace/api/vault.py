@@ -8,7 +8,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response, status
 from sqlalchemy.orm import Session
 
-from terrace.api.auth import CurrentCaller, require_cluster_admin, require_team, require_workspace
+from terrace.api.auth import CurrentCaller, require_cluster_admin, require_team
 from terrace.api.context import context
 from terrace.api.models import (
     KeyId,
@@ -21,6 +21,7 @@ from terrace.api.models import (
 )
 from terrace.errors import NotFound
 from terrace.store.roles import Role
+from terrace.store.tables import Workspace
 from terrace.store.tenancy import Caller
 from terrace.vault import SecretInfo, SecretRef, VaultKeyInfo
 
@@ -40,8 +41,8 @@ def _scope(
 ) -> None:
     require_team(session, caller, team_id, needed)
     if workspace_id is not None:
-        workspace = require_workspace(session, caller, workspace_id, needed)
-        if workspace.team_id != team_id:
+        workspace = session.get(Workspace, workspace_id)
+        if workspace is None or workspace.team_id != team_id:
             raise NotFound(f"no workspace {workspace_id}")
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import secrets
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Request, status
 from sqlalchemy import select
@@ -23,8 +23,10 @@ from terrace.api.models import (
     WorkspaceOut,
     WorkspacePatch,
 )
-from terrace.errors import Diagnostic, Forbidden, InvalidInput, SourceError, SpecError
+from terrace.api.problems import SpecProblem
+from terrace.errors import Forbidden, InvalidInput, SourceError, SpecError
 from terrace.sources import check_local_folder, checkout, read_workspace_file
+from terrace.spec.diagnostics import Parsed
 from terrace.spec.files import find_landscape, profile_of
 from terrace.spec.landscape import Landscape
 from terrace.spec.landscape_parser import parse_landscape
@@ -204,7 +206,7 @@ class LandscapeOut(Model):
     services: list[ServiceSummary]
     managed_services: list[str]
     vault_secrets: list[str]
-    warnings: list[dict[str, Any]]
+    warnings: list[SpecProblem]
 
 
 @router.get(
@@ -223,9 +225,9 @@ def landscape(
     with context(request).db.session() as session:
         row = require_workspace(session, caller, workspace_id, Role.VIEWER)
     parsed = _read_landscape(Path(row.path), profile)
-    spec = parsed.landscape
+    spec = parsed.value
     return LandscapeOut(
-        file=parsed.file,
+        file=spec.file,
         schema_version=spec.schema_version,
         profile=spec.profile,
         services=[
@@ -234,18 +236,14 @@ def landscape(
         ],
         managed_services=list(spec.managed_services),
         vault_secrets=sorted(spec.vault_names),
-        warnings=[{"file": w.file, **w.to_json()} for w in parsed.warnings],
+        warnings=[
+            SpecProblem(file=w.file, line=w.line, column=w.column, path=w.path, message=w.message)
+            for w in parsed.warnings
+        ],
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _Read:
-    file: str
-    landscape: Landscape
-    warnings: tuple[Diagnostic, ...]
-
-
-def _read_landscape(folder: Path, profile: str | None) -> _Read:
+def _read_landscape(folder: Path, profile: str | None) -> Parsed[Landscape]:
     """The workspace's landscape, read without following links out of the workspace.
 
     Problems name files relative to the workspace: the server's own paths stay out of them.
@@ -267,8 +265,7 @@ def _read_landscape(folder: Path, profile: str | None) -> _Read:
         raise SourceError(f"the workspace's files cannot be read: {exc.strerror}") from None
     name = path.name
     text = decode_text(read_workspace_file(folder, name), file=name)
-    parsed = parse_landscape(text, file=name, profile=profile_of(name))
-    return _Read(name, parsed.value, parsed.warnings)
+    return parse_landscape(text, file=name, profile=profile_of(name))
 
 
 __all__ = ["INCOMING_PREFIX", "router", "workspace_out"]

@@ -14,7 +14,7 @@ from types import MappingProxyType
 
 from terrace.spec.diagnostics import Collector
 from terrace.spec.document import load_document
-from terrace.spec.reader import MapView, Reader
+from terrace.spec.reader import Reader
 from terrace.spec.validate import read_text
 
 __all__ = ["BUILT_IN", "DEFAULT_PLANS", "PLANS_FILE", "PlanTable", "ResourcePlan", "load_plans"]
@@ -123,10 +123,10 @@ def load_plans(home: Path) -> PlanTable:
             )
             id_ = view.integer("id", minimum=1, required="the plan's id")
             plan_name = view.string("name", required="the plan's name")
-            cpu = _number(view, "cpu")
+            cpu = view.number("cpu", minimum=0.01, required="a number of cores")
             memory = view.integer("memoryMiB", minimum=16, required="memory in MiB")
             disk = view.integer("diskMiB", minimum=1, required="disk in MiB")
-            price = _number(view, "pricePerHour", minimum=0.0)
+            price = view.number("pricePerHour", minimum=0.0, required="a price")
             if id_ is not None and id_ in seen:
                 view.error("id", f"plan {id_} is listed twice")
             if id_ is not None:
@@ -150,13 +150,3 @@ def load_plans(home: Path) -> PlanTable:
     collector.raise_if_errors()
     assert default_id is not None
     return PlanTable.of(plans, default_id=default_id, source=name)
-
-
-def _number(view: MapView, key: str, *, minimum: float = 0.01) -> float | None:
-    if not view.require(key, "a number"):
-        return None
-    value = view.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
-        view.error(key, f"`{key}` must be a number of at least {minimum}")
-        return None
-    return float(value)

@@ -195,6 +195,16 @@ class MapView:
         self.error(key, f"{what} must be text or a number, got {describe(value)}")
         return None
 
+    def number(self, key: str, *, minimum: float, required: str) -> float | None:
+        """A required number (whole or not) of at least ``minimum``."""
+        if not self.require(key, required):
+            return None
+        value = self.data.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+            self.error(key, f"`{key}` must be a number of at least {minimum}")
+            return None
+        return float(value)
+
     def boolean(self, key: str, *, default: bool) -> bool:
         value = self.data.get(key)
         if value is None:
