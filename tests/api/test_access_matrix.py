@@ -100,6 +100,34 @@ RULES: dict[tuple[str, str], Rule] = {
         Access.TEAM_DEVELOPER, 204, lambda w: ["A"]
     ),
     ("GET", "/api/workspaces/{workspaceId}/landscape"): Rule(Access.TEAM_VIEWER, 200),
+    # The world's workspace is examples/01-hello: deployable, an empty prepare stage, no
+    # ci.nope.yml. Where success cannot be had from a fresh world, the status a permitted
+    # caller gets proves the role check passed: 422 (no such profile), 409 (not deployed,
+    # not running).
+    ("POST", "/api/workspaces/{workspaceId}/landscape/deploy"): Rule(Access.TEAM_DEVELOPER, 200),
+    ("POST", "/api/workspaces/{workspaceId}/landscape/deploy/{profile}"): Rule(
+        Access.TEAM_DEVELOPER, 422
+    ),
+    ("PATCH", "/api/workspaces/{workspaceId}/landscape/scale"): Rule(
+        Access.TEAM_DEVELOPER, 409, lambda w: {"web": 2}
+    ),
+    ("DELETE", "/api/workspaces/{workspaceId}/landscape/teardown"): Rule(
+        Access.TEAM_DEVELOPER, 204
+    ),
+    ("POST", "/api/workspaces/{workspaceId}/pipeline/{stage}/start"): Rule(
+        Access.TEAM_DEVELOPER, 200
+    ),
+    ("POST", "/api/workspaces/{workspaceId}/pipeline/{stage}/start/{profile}"): Rule(
+        Access.TEAM_DEVELOPER, 422
+    ),
+    ("POST", "/api/workspaces/{workspaceId}/pipeline/{stage}/stop"): Rule(
+        Access.TEAM_DEVELOPER, 409
+    ),
+    ("GET", "/api/workspaces/{workspaceId}/pipeline/{stage}"): Rule(Access.TEAM_VIEWER, 200),
+    ("GET", "/api/workspaces/{workspaceId}/logs/{stage}/{step}"): Rule(Access.TEAM_VIEWER, 200),
+    ("GET", "/api/workspaces/{workspaceId}/logs/run/{service}/replica/{replica}"): Rule(
+        Access.TEAM_VIEWER, 200
+    ),
     ("GET", "/api/vault/teams/{teamId}/secrets"): Rule(Access.TEAM_VIEWER, 200),
     ("PUT", "/api/vault/teams/{teamId}/secrets/{name}"): Rule(
         Access.TEAM_DEVELOPER, 200, lambda w: {"value": "s3cret"}
@@ -225,6 +253,11 @@ class Matrix:
             "userId": world.target_user,
             "keyId": world.old_vault_key if path.startswith("/api/vault/keys") else world.spare_key,
             "name": "S",
+            "profile": "nope",
+            "stage": "prepare",
+            "step": 0,
+            "service": "web",
+            "replica": 0,
         }
         return re.sub(r"\{(\w+)\}", lambda m: str(values[m.group(1)]), path)
 

@@ -160,7 +160,7 @@ def test_shop_landscape_lists_what_a_deploy_needs(admin: httpx.Client, team: int
     ws = admin.post(
         "/workspaces", json={"teamId": team, "name": "shop", "path": str(EXAMPLES / "02-shop")}
     ).json()["id"]
-    landscape = admin.get(f"/workspaces/{ws}/landscape").json()
+    landscape = admin.get(f"/workspaces/{ws}/landscape", params={"profile": "prod"}).json()
     assert [s["name"] for s in landscape["services"]] == ["web", "api", "worker"]
     assert landscape["vaultSecrets"] == ["SHOP_DB_PASSWORD"]
     assert landscape["managedServices"] == ["db"]

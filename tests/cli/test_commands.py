@@ -140,21 +140,21 @@ def test_a_workspace_from_a_relative_path_and_its_landscape(live: LiveServer, cl
     assert "shop" in listed.stdout
     assert str(EXAMPLES / "02-shop") in listed.stdout
 
-    landscape = cli("workspaces", "landscape", "-w", workspace, **env)
+    landscape = cli("workspaces", "landscape", "-w", workspace, "--profile", "prod", **env)
     assert landscape.returncode == 0, landscape.stderr
-    assert landscape.stdout.startswith("ci.yml: schema v0.2\n")
+    assert landscape.stdout.startswith("ci.prod.yml: schema v0.2\n")
     for service in ("web", "api", "worker"):
         assert service in landscape.stdout
     assert "Managed services: db" in landscape.stdout
     assert "Vault secrets: SHOP_DB_PASSWORD" in landscape.stdout
     parsed = cli("workspaces", "landscape", workspace, "--json", **env).json()
     assert [s["name"] for s in parsed["services"]] == ["web", "api", "worker"]
-    assert parsed["managedServices"] == ["db"]
+    assert parsed["managedServices"] == []
 
-    missing = cli("workspaces", "landscape", workspace, "--profile", "prod", **env)
+    missing = cli("workspaces", "landscape", workspace, "--profile", "staging", **env)
     assert missing.returncode == 1
     assert (
-        "ci.prod.yml:1:1: no ci.prod.yml (or .yaml) in the workspace for profile 'prod'"
+        "ci.staging.yml:1:1: no ci.staging.yml (or .yaml) in the workspace for profile 'staging'"
         in missing.stderr.splitlines()
     )
 

@@ -32,8 +32,9 @@ def write(folder: Path, name: str, text: str) -> Path:
 def test_examples_are_valid_and_exit_zero() -> None:
     result = terrace("validate", str(EXAMPLES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "examples/02-shop/ci.yml: landscape, 3 services, 1 managed service" in result.stdout
-    assert result.stdout.rstrip().endswith("4 files checked: 4 valid, 0 invalid, 0 warnings")
+    assert "examples/02-shop/ci.yml: landscape, 3 services\n" in result.stdout
+    assert "examples/02-shop/ci.prod.yml: landscape, 3 services, 1 managed service" in result.stdout
+    assert result.stdout.rstrip().endswith("5 files checked: 5 valid, 0 invalid, 0 warnings")
 
 
 def test_the_whole_conformance_corpus_validates() -> None:

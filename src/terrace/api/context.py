@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import Request
 
@@ -14,6 +15,9 @@ from terrace.store.db import Database, database_url
 from terrace.store.home import terrace_home
 from terrace.store.tables import Workspace
 from terrace.vault import Vault, load_master_key
+
+if TYPE_CHECKING:
+    from terrace.engine.reconciler import Engine
 
 __all__ = ["AppContext", "context"]
 
@@ -23,6 +27,9 @@ class AppContext:
     home: Path
     db: Database
     vault: Vault
+    engine: Engine | None = None
+    """The engine in this process (``terrace up``, ``terrace server``); None in an API-only
+    process, where deploys are stored for an engine elsewhere to carry out."""
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> AppContext:

@@ -1,7 +1,8 @@
-"""``terrace server``: the API on uvicorn, with the first-start setup and a discovery file."""
+"""``terrace server``: the API and the engine, with the first-start setup and a discovery file."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import json
@@ -9,17 +10,15 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
-import uvicorn
-
-from terrace.api.app import create_app
 from terrace.api.bootstrap import bootstrap
 from terrace.api.context import AppContext
+from terrace.api.platform import make_engine, run_platform
 from terrace.store.home import DEFAULT_API_PORT, discovery_file
 
-__all__ = ["serve"]
+__all__ = ["serve", "start"]
 log = logging.getLogger("terrace.server")
 
 
@@ -28,8 +27,25 @@ def serve(
     host: str = "127.0.0.1",
     port: int = DEFAULT_API_PORT,
     environ: Mapping[str, str] | None = None,
+    engine: bool = True,
 ) -> None:
-    """Run the API until SIGINT or SIGTERM."""
+    """Run the API (and the engine) until SIGINT or SIGTERM."""
+    ctx, sock, _url = start(host=host, port=port, environ=environ)
+    if engine:
+        ctx = make_engine(ctx)
+    marker = discovery_file(ctx.home)
+    try:
+        asyncio.run(run_platform(ctx, sock))
+    finally:
+        sock.close()
+        _clean_up(ctx, marker)
+
+
+def start(
+    *, host: str, port: int, environ: Mapping[str, str] | None = None
+) -> tuple[AppContext, socket.socket, str]:
+    """First-start setup, the listening socket and the discovery file: what a server does
+    before it serves. Returns the context, the socket and the API's base URL."""
     ctx = AppContext.from_environment(environ)
     new_key = bootstrap(ctx, environ)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -51,42 +67,12 @@ def serve(
     print(f"terrace: API on {url}/api (store: {ctx.db.dialect}, home: {ctx.home})", file=sys.stderr)
     marker = discovery_file(ctx.home)
     marker.write_text(json.dumps({"url": url, "pid": os.getpid()}) + "\n", encoding="utf-8")
-    config = uvicorn.Config(
-        create_app(ctx),
-        log_level="info",
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=10,
-    )
-    server = _Server(config, on_exit=lambda: _clean_up(ctx, marker))
     # Everything imported so far lives as long as the process: move it out of the collector's
     # sight, so a full collection under load walks only request garbage. Without this, one
     # collection paused the server for 115-275 ms in bench/api.py.
     gc.collect()
     gc.freeze()
-    try:
-        server.run(sockets=[sock])
-    finally:
-        sock.close()
-        _clean_up(ctx, marker)
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server, cleaning up as soon as it has shut down.
-
-    After a SIGTERM or SIGINT, uvicorn raises the signal again once it has stopped, so that the
-    process ends as the signal says; code after ``run()`` never runs then.
-    """
-
-    def __init__(self, config: uvicorn.Config, *, on_exit: Callable[[], None]) -> None:
-        super().__init__(config)
-        self._on_exit = on_exit
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        try:
-            await super().shutdown(sockets=sockets)
-        finally:
-            self._on_exit()
+    return ctx, sock, url
 
 
 def _clean_up(ctx: AppContext, marker: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 import shutil
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -24,14 +23,10 @@ from terrace.api.models import (
     WorkspacePatch,
 )
 from terrace.api.problems import SpecProblem
-from terrace.errors import Forbidden, InvalidInput, SourceError, SpecError
-from terrace.sources import check_local_folder, checkout, read_workspace_file
-from terrace.spec.diagnostics import Parsed
-from terrace.spec.files import find_landscape, profile_of
-from terrace.spec.landscape import Landscape
-from terrace.spec.landscape_parser import parse_landscape
+from terrace.errors import Forbidden, InvalidInput
+from terrace.sources import check_local_folder, checkout
+from terrace.sources.local import read_landscape
 from terrace.spec.names import PROFILE
-from terrace.spec.validate import decode_text
 from terrace.store.db import flush_unique
 from terrace.store.roles import Role
 from terrace.store.tables import Workspace, utcnow
@@ -224,7 +219,7 @@ def landscape(
 ) -> LandscapeOut:
     with context(request).db.session() as session:
         row = require_workspace(session, caller, workspace_id, Role.VIEWER)
-    parsed = _read_landscape(Path(row.path), profile)
+    parsed = read_landscape(Path(row.path), profile).parsed
     spec = parsed.value
     return LandscapeOut(
         file=spec.file,
@@ -241,31 +236,6 @@ def landscape(
             for w in parsed.warnings
         ],
     )
-
-
-def _read_landscape(folder: Path, profile: str | None) -> Parsed[Landscape]:
-    """The workspace's landscape, read without following links out of the workspace.
-
-    Problems name files relative to the workspace: the server's own paths stay out of them.
-    """
-    try:
-        path = find_landscape(folder, profile)
-    except SpecError as exc:
-        raise SpecError(
-            [
-                replace(
-                    p,
-                    file=Path(p.file).name,
-                    message=p.message.replace(str(folder), "the workspace"),
-                )
-                for p in exc.problems
-            ]
-        ) from None
-    except OSError as exc:
-        raise SourceError(f"the workspace's files cannot be read: {exc.strerror}") from None
-    name = path.name
-    text = decode_text(read_workspace_file(folder, name), file=name)
-    return parse_landscape(text, file=name, profile=profile_of(name))
 
 
 __all__ = ["INCOMING_PREFIX", "router", "workspace_out"]

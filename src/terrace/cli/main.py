@@ -8,6 +8,7 @@ from terrace import __version__
 from terrace.cli import env, keys, teams, users, vault, workspaces
 from terrace.cli.login import login, logout
 from terrace.cli.server import server
+from terrace.cli.up import up
 from terrace.cli.validate import validate
 
 app = typer.Typer(
@@ -19,6 +20,7 @@ app = typer.Typer(
 )
 app.command()(validate)
 app.command()(server)
+app.command()(up)
 app.command()(login)
 app.command()(logout)
 app.add_typer(users.app, name="users")

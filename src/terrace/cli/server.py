@@ -15,12 +15,20 @@ def server(
     port: Annotated[
         int, typer.Option(help="The port to listen on (0: any free port).")
     ] = DEFAULT_API_PORT,
+    engine: Annotated[
+        bool,
+        typer.Option(
+            help="Also run the engine (deploys, replicas). Off: an API-only replica on a shared "
+            "PostgreSQL, whose deploys an engine elsewhere carries out."
+        ),
+    ] = True,
 ) -> None:
-    """Serve the REST API under /api (state in $TERRACE_HOME or TERRACE_DATABASE_URL)."""
+    """Serve the REST API under /api and run the engine (state in $TERRACE_HOME or
+    TERRACE_DATABASE_URL)."""
     from terrace.api.server import serve  # noqa: PLC0415 - the API stack loads only for `server`
 
     try:
-        serve(host=host, port=port)
+        serve(host=host, port=port, engine=engine)
     except (TerraceError, OSError) as exc:
         typer.echo(f"terrace server: {exc}", err=True)
         raise typer.Exit(1) from None

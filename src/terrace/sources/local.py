@@ -5,11 +5,23 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from terrace.errors import InvalidInput, SourceError
+from terrace.errors import InvalidInput, SourceError, SpecError
+from terrace.spec.diagnostics import Parsed
+from terrace.spec.files import find_landscape, profile_of
+from terrace.spec.landscape import Landscape
+from terrace.spec.landscape_parser import parse_landscape
+from terrace.spec.validate import decode_text
 
-__all__ = ["MAX_SPEC_BYTES", "check_local_folder", "read_workspace_file"]
+__all__ = [
+    "MAX_SPEC_BYTES",
+    "LandscapeFile",
+    "check_local_folder",
+    "read_landscape",
+    "read_workspace_file",
+]
 
 MAX_SPEC_BYTES = 1 << 20
 """The largest landscape or provider file Terrace reads (1 MiB; real ones are under 20 KiB)."""
@@ -56,3 +68,37 @@ def read_workspace_file(folder: Path, name: str, *, limit: int = MAX_SPEC_BYTES)
     finally:
         os.close(fd)
     return b"".join(chunks)
+
+
+@dataclass(frozen=True, slots=True)
+class LandscapeFile:
+    """A workspace's ``ci.yml`` (or ``ci.<profile>.yml``): its name, text and model."""
+
+    name: str
+    text: str
+    parsed: Parsed[Landscape]
+
+
+def read_landscape(folder: Path, profile: str | None) -> LandscapeFile:
+    """The workspace's landscape, read without following links out of the workspace.
+
+    Problems name files relative to the workspace: the server's own paths stay out of them.
+    """
+    try:
+        path = find_landscape(folder, profile)
+    except SpecError as exc:
+        raise SpecError(
+            [
+                replace(
+                    p,
+                    file=Path(p.file).name,
+                    message=p.message.replace(str(folder), "the workspace"),
+                )
+                for p in exc.problems
+            ]
+        ) from None
+    except OSError as exc:
+        raise SourceError(f"the workspace's files cannot be read: {exc.strerror}") from None
+    name = path.name
+    text = decode_text(read_workspace_file(folder, name), file=name)
+    return LandscapeFile(name, text, parse_landscape(text, file=name, profile=profile_of(name)))

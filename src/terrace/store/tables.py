@@ -173,3 +173,48 @@ class Secret(Base):
     sealed: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Deployment(Base):
+    """One deploy of a workspace's landscape: the file's text as it was, immutable.
+
+    At most one deployment of a workspace is ``active``: that is the desired state the engine
+    converges to. ``replicas`` holds scale changes made after the deploy (JSON, service ->
+    count). A teardown leaves no active deployment.
+    """
+
+    __tablename__ = "deployments"
+    __table_args__ = _NO_REUSE
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), index=True
+    )
+    profile: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    file: Mapped[str] = mapped_column(String(255))
+    source: Mapped[str] = mapped_column(Text)
+    replicas: Mapped[str] = mapped_column(Text, default="{}")
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_by: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class StageRun(Base):
+    """One run of ``prepare`` or ``test``: its steps (JSON: name, command, state, exit code,
+    times) and how it ended."""
+
+    __tablename__ = "stage_runs"
+    __table_args__ = _NO_REUSE
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), index=True
+    )
+    stage: Mapped[str] = mapped_column(String(16))
+    profile: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    state: Mapped[str] = mapped_column(String(16))
+    steps: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

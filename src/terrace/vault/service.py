@@ -145,6 +145,22 @@ class Vault:
             values[row.name] = open_sealed(key, row.sealed, ref.aad()).decode()
         return values
 
+    def versions(
+        self, session: Session, team_id: int, *, workspace_id: int | None = None
+    ) -> dict[str, str]:
+        """Which version of each secret a workspace sees (the value wins as in :meth:`reveal`),
+        without opening any: a deploy's revision changes when a secret it uses does."""
+        scopes = ["team"] if workspace_id is None else ["team", f"ws:{workspace_id}"]
+        rows = session.execute(
+            select(Secret.name, Secret.scope, Secret.id, Secret.updated_at).where(
+                Secret.team_id == team_id, Secret.scope.in_(scopes)
+            )
+        ).all()
+        return {
+            name: f"{scope}:{row_id}:{updated.isoformat()}"
+            for name, scope, row_id, updated in sorted(rows, key=lambda r: r[1] != "team")
+        }
+
     # --- keys ------------------------------------------------------------------------------
 
     def keys(self, session: Session) -> list[VaultKeyInfo]:

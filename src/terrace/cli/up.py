@@ -1,0 +1,69 @@
+"""``terrace up [DIR]``: the whole platform in one process, and DIR's landscape deployed on it.
+
+One event loop runs the API, the engine and the public router. With DIR, Terrace makes (or
+finds) a local workspace for it in the team ``local``, runs ``prepare`` and ``test``, deploys
+the landscape, shows replicas coming up, prints each public route's URL, and serves until
+Ctrl-C, which stops every replica before the process ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from terrace.errors import TerraceError
+
+__all__ = ["up"]
+
+
+def up(
+    folder: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A folder with a ci.yml to deploy (omit to run only the platform).",
+            exists=True,
+            file_okay=False,
+            resolve_path=True,
+        ),
+    ] = None,
+    profile: Annotated[
+        str | None, typer.Option("--profile", "-p", help="Deploy ci.<profile>.yml.")
+    ] = None,
+    port: Annotated[
+        int, typer.Option("--port", help="Where the landscape's public routes are served.")
+    ] = 8080,
+    api_port: Annotated[int, typer.Option("--api-port", help="Where the API listens.")] = 8400,
+    skip_tests: Annotated[
+        bool, typer.Option("--skip-tests", help="Do not run the test stage before deploying.")
+    ] = False,
+) -> None:
+    """Run the API, the engine and the router here; deploy FOLDER's landscape and serve it."""
+    # The platform loads only for `up`: other commands stay quick to start.
+    from terrace.api.platform import make_engine, run_platform  # noqa: PLC0415
+    from terrace.api.server import start  # noqa: PLC0415
+    from terrace.cli.landscape_up import Up  # noqa: PLC0415
+    from terrace.store.home import discovery_file  # noqa: PLC0415
+
+    try:
+        ctx, sock, _url = start(host="127.0.0.1", port=api_port)
+    except (TerraceError, OSError) as exc:
+        typer.echo(f"terrace up: {exc}", err=True)
+        raise typer.Exit(1) from None
+    ctx = make_engine(ctx)
+    runner = Up(folder, profile=profile, port=port, run_tests=not skip_tests)
+    try:
+        asyncio.run(run_platform(ctx, sock, on_ready=runner.ready, log_level="warning"))
+    except (TerraceError, OSError) as exc:
+        typer.echo(f"terrace up: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        sock.close()
+        marker = discovery_file(ctx.home)
+        if marker.exists() and json.loads(marker.read_text()).get("pid") is not None:
+            marker.unlink(missing_ok=True)
+        ctx.db.dispose()
+    typer.echo("terrace up: stopped; every replica was stopped")

@@ -1,0 +1,481 @@
+"""The reconcile loop: read desired state from the store and observed state from the runtime,
+plan the difference with :func:`terrace.engine.planner.plan`, carry the plan out. Level-
+triggered: a pass starts from what is, never from what the engine remembers, so a restarted
+engine (or one that crashed half-way through a plan) simply converges."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select
+
+from terrace.engine.desired import ServiceRun, render_env, service_runs
+from terrace.engine.pipeline import Pipeline
+from terrace.engine.planner import Backoff, Plan, Start, plan
+from terrace.engine.plans import PlanTable
+from terrace.engine.state import ObservedReplica, Phase, ServiceKey
+from terrace.runtimes.base import Endpoint, Kind, Replica, ReplicaSpec, Runtime
+from terrace.spec.landscape import Landscape
+from terrace.spec.landscape_parser import parse_landscape
+from terrace.store.db import Database
+from terrace.store.tables import Deployment, Workspace
+from terrace.store.workspaces import env_vars
+from terrace.vault import Vault
+
+__all__ = ["Engine", "PassReport", "ReplicaStatus", "Route", "logs_dir"]
+
+log = logging.getLogger("terrace.engine")
+
+UNHEALTHY_AFTER = 3
+"""Consecutive failed checks that make a healthy replica unhealthy."""
+
+
+def logs_dir(home: Path, workspace_id: int) -> Path:
+    return home / "logs" / f"w{workspace_id}"
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "exited while the engine was not watching (status unknown)"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+@dataclass(slots=True)
+class _Health:
+    phase: Phase
+    changed_at: float
+    failures: int = 0
+    checked_at: float = 0.0
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaStatus:
+    """One replica as the API shows it."""
+
+    id: str
+    service: str
+    slot: int
+    revision: str
+    state: str
+    restarts: int
+    started_at: float
+    last_exit: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A public path of a deployed landscape."""
+
+    workspace_id: int
+    path: str
+    service: str
+    port: int
+    strip: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PassReport:
+    """What one pass did, and what it cost the engine (for the benchmark and the logs)."""
+
+    desired: int
+    replicas: int
+    healthy: int
+    started: int
+    stopped: int
+    cpu_seconds: float
+    wall_seconds: float
+
+
+@dataclass(slots=True)
+class _Desired:
+    runs: list[ServiceRun] = field(default_factory=list)
+    routes: list[Route] = field(default_factory=list)
+    workspaces: set[int] = field(default_factory=set)
+
+
+class Engine:
+    """One per installation (``terrace up`` and ``terrace server`` run it in-process)."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        vault: Vault,
+        runtime: Runtime,
+        home: Path,
+        plans: PlanTable,
+        backoff: Backoff | None = None,
+        check_interval: float = 1.0,
+        startup_timeout: float = 120.0,
+        grace: float = 10.0,
+        poll_interval: float = 2.0,
+    ) -> None:
+        self.db, self.vault, self.runtime, self.home, self.plans = db, vault, runtime, home, plans
+        self.backoff = backoff or Backoff()
+        self.check_interval = check_interval
+        self.startup_timeout = startup_timeout
+        self.grace = grace
+        self.poll_interval = poll_interval
+        self._health: dict[str, _Health] = {}
+        self._last_exit: dict[tuple[ServiceKey, int], str] = {}
+        self._published: dict[int, dict[str, Endpoint]] = {}
+        self._parsed: dict[int, Landscape] = {}
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self.status: dict[int, list[ReplicaStatus]] = {}
+        """Per workspace, its replicas after the last pass (read by the API from any thread)."""
+        self.routes: tuple[Route, ...] = ()
+        self.on_pass: list[Callable[[PassReport], None]] = []
+        self.last_report: PassReport | None = None
+        self.pipeline = Pipeline(db=db, runtime=runtime, home=home)
+
+    # --- driving ------------------------------------------------------------------------------
+
+    def poke(self) -> None:
+        """Something changed (a deploy, a scale, an exit): plan again now. Any thread."""
+        if self._loop is not None and self._wake is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def run(self) -> None:
+        """Reconcile until :meth:`stop` (or cancellation)."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self.pipeline.attach(self._loop)
+        await self.pipeline.recover()
+        if removed := await self.runtime.sweep():
+            log.warning("removed what a crash left behind: %s", ", ".join(removed))
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                wake_at = await self.reconcile()
+            except Exception:
+                log.exception("reconcile pass failed; trying again")
+                wake_at = time.monotonic() + self.poll_interval
+            delay = max(0.0, min(wake_at, time.monotonic() + self.poll_interval) - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.poke()
+
+    async def stop_everything(self) -> None:
+        """Stop every replica of this installation (``terrace up`` on Ctrl-C)."""
+        replicas = await self.runtime.replicas()
+        await asyncio.gather(*(self.runtime.stop(r.id, grace=self.grace) for r in replicas))
+        for workspace_id in {r.workspace_id for r in replicas} | set(self._published):
+            await self.runtime.forget_landscape(workspace_id)
+        self._published.clear()
+
+    # --- one pass -----------------------------------------------------------------------------
+
+    async def reconcile(self) -> float:
+        """One pass; returns when (monotonic) the next pass is due at the latest."""
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        desired = await asyncio.to_thread(self._read_desired)
+        runs = {run.key: run for run in desired.runs}
+        replicas = [r for r in await self.runtime.replicas() if r.kind is Kind.SERVICE]
+        now = time.monotonic()
+        await self._check(replicas, runs, now)
+        observed = [self._observed(r) for r in replicas]
+        todo = plan([run.desired for run in desired.runs], observed, now=now, backoff=self.backoff)
+        stopping = {s.replica_id for s in todo.stops}
+        # Traffic first: the replicas about to stop leave the balancers before they get SIGTERM.
+        await self._publish(replicas, runs, stopping, desired.workspaces)
+        await self._carry_out(todo, replicas, runs)
+        self.routes = tuple(desired.routes)
+        after = [r for r in await self.runtime.replicas() if r.kind is Kind.SERVICE]
+        if todo.starts or todo.stops:
+            await self._publish(after, runs, set(), desired.workspaces)
+        self._snapshot(after)
+        report = PassReport(
+            desired=sum(run.replicas for run in desired.runs),
+            replicas=len(after),
+            healthy=sum(
+                1
+                for r in after
+                if self._health.get(r.id, _Health(Phase.STARTING, 0)).phase is Phase.HEALTHY
+            ),
+            started=len(todo.starts),
+            stopped=len(todo.stops),
+            cpu_seconds=time.process_time() - cpu0,
+            wall_seconds=time.monotonic() - wall0,
+        )
+        self.last_report = report
+        for listener in self.on_pass:
+            listener(report)
+        return self._next_pass(todo, after)
+
+    def _next_pass(self, todo: Plan, replicas: list[Replica]) -> float:
+        now = time.monotonic()
+        due = now + self.check_interval
+        if todo.wake_at is not None:
+            due = min(due, todo.wake_at)
+        if todo.starts or any(
+            self._health.get(r.id) is None or self._health[r.id].phase is Phase.STARTING
+            for r in replicas
+        ):
+            due = min(due, now + 0.05)  # something is coming up: look again soon
+        return due
+
+    # --- desired state --------------------------------------------------------------------------
+
+    def _read_desired(self) -> _Desired:
+        desired = _Desired()
+        with self.db.session() as session:
+            rows = session.execute(
+                select(Deployment, Workspace)
+                .join(Workspace, Workspace.id == Deployment.workspace_id)
+                .where(Deployment.active.is_(True))
+            ).all()
+            for deployment, workspace in rows:
+                landscape = self._landscape(deployment)
+                if landscape is None:
+                    continue
+                desired.workspaces.add(workspace.id)
+                overrides = {str(k): int(v) for k, v in json.loads(deployment.replicas).items()}
+                desired.runs += service_runs(
+                    landscape,
+                    workspace_id=workspace.id,
+                    team_id=workspace.team_id,
+                    workspace=Path(workspace.path),
+                    workspace_env=env_vars(session, workspace.id),
+                    vault_versions=self.vault.versions(
+                        session, workspace.team_id, workspace_id=workspace.id
+                    ),
+                    plans=self.plans,
+                    replicas=overrides,
+                )
+                for name, service in landscape.services.items():
+                    desired.routes += [
+                        Route(workspace.id, p.path, name, p.port, p.strip_path)
+                        for p in service.network.paths
+                        if p.port is not None
+                    ]
+        return desired
+
+    def _landscape(self, deployment: Deployment) -> Landscape | None:
+        cached = self._parsed.get(deployment.id)
+        if cached is None:
+            try:
+                cached = parse_landscape(
+                    deployment.source, file=deployment.file, profile=deployment.profile
+                ).value
+            except Exception:
+                log.exception("deployment %s cannot be read back", deployment.id)
+                return None
+            self._parsed[deployment.id] = cached
+        return cached
+
+    # --- health ---------------------------------------------------------------------------------
+
+    async def _check(
+        self, replicas: list[Replica], runs: Mapping[ServiceKey, ServiceRun], now: float
+    ) -> None:
+        known = {r.id for r in replicas}
+        self._health = {k: v for k, v in self._health.items() if k in known}
+        checks = []
+        for replica in replicas:
+            health = self._health.get(replica.id)
+            if health is None:
+                health = self._health[replica.id] = _Health(Phase.STARTING, now)
+            if not replica.running:
+                if health.phase is not Phase.EXITED:
+                    self._set(health, Phase.EXITED, now, describe_exit(replica.exit_code))
+                continue
+            run = runs.get(ServiceKey(replica.workspace_id, replica.name))
+            if run is None or health.phase is Phase.UNHEALTHY:
+                continue
+            if run.probe is None:
+                if health.phase is Phase.STARTING:
+                    self._set(health, Phase.HEALTHY, now)
+                continue
+            if health.phase is Phase.HEALTHY and now - health.checked_at < self.check_interval:
+                continue
+            checks.append(self._probe(replica, run, health, now))
+        await asyncio.gather(*checks)
+
+    async def _probe(self, replica: Replica, run: ServiceRun, health: _Health, now: float) -> None:
+        assert run.probe is not None
+        ok = await self.runtime.probe(replica.id, run.probe)
+        health.checked_at = now
+        if ok:
+            health.failures = 0
+            if health.phase is Phase.STARTING:
+                self._set(health, Phase.HEALTHY, now)
+            return
+        health.failures += 1
+        if health.phase is Phase.HEALTHY and health.failures >= UNHEALTHY_AFTER:
+            self._set(
+                health,
+                Phase.UNHEALTHY,
+                now,
+                f"health check {run.probe.kind}:{run.probe.port}{run.probe.path} failed "
+                f"{health.failures} times",
+            )
+        elif health.phase is Phase.STARTING and now - health.changed_at > self.startup_timeout:
+            self._set(
+                health,
+                Phase.UNHEALTHY,
+                now,
+                f"not healthy {self.startup_timeout:.0f} s after start",
+            )
+
+    @staticmethod
+    def _set(health: _Health, phase: Phase, now: float, reason: str | None = None) -> None:
+        health.phase, health.changed_at, health.reason = phase, now, reason
+
+    def _observed(self, replica: Replica) -> ObservedReplica:
+        health = self._health[replica.id]
+        return ObservedReplica(
+            id=replica.id,
+            key=ServiceKey(replica.workspace_id, replica.name),
+            slot=replica.slot,
+            revision=replica.revision,
+            phase=health.phase,
+            restarts=replica.restarts,
+            changed_at=health.changed_at,
+        )
+
+    # --- acting ---------------------------------------------------------------------------------
+
+    async def _carry_out(
+        self, todo: Plan, replicas: list[Replica], runs: Mapping[ServiceKey, ServiceRun]
+    ) -> None:
+        by_id = {r.id: r for r in replicas}
+        for stop in todo.stops:
+            replica = by_id.get(stop.replica_id)
+            health = self._health.get(stop.replica_id)
+            if replica is not None and health is not None and health.reason is not None:
+                key = (ServiceKey(replica.workspace_id, replica.name), replica.slot)
+                self._last_exit[key] = health.reason
+            log.info("stopping %s: %s", stop.replica_id, stop.reason)
+        await asyncio.gather(
+            *(self.runtime.stop(s.replica_id, grace=self.grace) for s in todo.stops)
+        )
+        need_secrets = {run.key.workspace_id for run in runs.values()} & {
+            s.key.workspace_id for s in todo.starts
+        }
+        secrets = await asyncio.to_thread(self._reveal, need_secrets, runs)
+        env_of = await asyncio.to_thread(self._workspace_env, need_secrets)
+        results = await asyncio.gather(
+            *(self._start(s, runs[s.key], secrets, env_of) for s in todo.starts),
+            return_exceptions=True,
+        )
+        for start, result in zip(todo.starts, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("could not start %s slot %s: %s", start.key, start.slot, result)
+                self._last_exit[(start.key, start.slot)] = f"could not start: {result}"
+
+    def _reveal(
+        self, workspaces: Iterable[int], runs: Mapping[ServiceKey, ServiceRun]
+    ) -> dict[int, dict[str, str]]:
+        teams = {run.key.workspace_id: run.team_id for run in runs.values()}
+        with self.db.session() as session:
+            return {ws: self.vault.reveal(session, teams[ws], workspace_id=ws) for ws in workspaces}
+
+    def _workspace_env(self, workspaces: Iterable[int]) -> dict[int, dict[str, str]]:
+        with self.db.session() as session:
+            return {ws: env_vars(session, ws) for ws in workspaces}
+
+    async def _start(
+        self,
+        start: Start,
+        run: ServiceRun,
+        secrets: Mapping[int, Mapping[str, str]],
+        env_of: Mapping[int, Mapping[str, str]],
+    ) -> None:
+        ws = run.key.workspace_id
+        env = render_env(
+            run.service,
+            workspace_id=ws,
+            team_id=run.team_id,
+            workspace_env=env_of.get(ws, {}),
+            vault=secrets.get(ws, {}),
+        )
+        await self.runtime.start(
+            ReplicaSpec(
+                kind=Kind.SERVICE,
+                workspace_id=ws,
+                team_id=run.team_id,
+                name=run.key.service,
+                slot=start.slot,
+                revision=start.revision,
+                restarts=start.restarts,
+                script=run.script,
+                env=env,
+                workspace=run.workspace,
+                sub_path=run.service.mount_sub_path,
+                ports=run.ports,
+                limits=run.limits,
+                log=logs_dir(self.home, ws) / "run" / run.key.service / f"{start.slot}.log",
+                last_exit=self._last_exit.get((start.key, start.slot)),
+            )
+        )
+
+    async def _publish(
+        self,
+        replicas: list[Replica],
+        runs: Mapping[ServiceKey, ServiceRun],
+        leaving: set[str],
+        workspaces: set[int],
+    ) -> None:
+        wanted: dict[int, dict[str, Endpoint]] = {ws: {} for ws in workspaces}
+        for run in runs.values():
+            healthy = tuple(
+                sorted(
+                    r.id
+                    for r in replicas
+                    if r.workspace_id == run.key.workspace_id
+                    and r.name == run.key.service
+                    and r.id not in leaving
+                    and r.running
+                    and self._health.get(r.id, _Health(Phase.STARTING, 0)).phase is Phase.HEALTHY
+                )
+            )
+            wanted.setdefault(run.key.workspace_id, {})[run.key.service] = Endpoint(
+                run.key.service, run.ports, healthy
+            )
+        for ws, endpoints in wanted.items():
+            if self._published.get(ws) != endpoints:
+                await self.runtime.publish(ws, endpoints)
+                self._published[ws] = endpoints
+        running = {r.workspace_id for r in replicas if r.id not in leaving}
+        for ws in set(self._published) - set(wanted):
+            await self.runtime.publish(ws, {})
+            del self._published[ws]
+            if ws not in running:
+                await self.runtime.forget_landscape(ws)
+
+    def _snapshot(self, replicas: list[Replica]) -> None:
+        status: dict[int, list[ReplicaStatus]] = {}
+        for r in sorted(replicas, key=lambda r: (r.workspace_id, r.name, r.slot, r.started_at)):
+            health = self._health.get(r.id, _Health(Phase.STARTING, 0))
+            status.setdefault(r.workspace_id, []).append(
+                ReplicaStatus(
+                    id=r.id,
+                    service=r.name,
+                    slot=r.slot,
+                    revision=r.revision,
+                    state=health.phase.value,
+                    restarts=r.restarts,
+                    started_at=r.started_at,
+                    last_exit=health.reason if health.phase is Phase.EXITED else r.last_exit,
+                )
+            )
+        self.status = status

@@ -1,0 +1,1 @@
+"""Runtimes start and stop replicas and report what runs: ``process`` (sandboxed processes)."""

@@ -1,0 +1,142 @@
+"""Small Linux pieces the process runtime is built from: commands, cgroups (v1) and sockets
+opened inside another network namespace."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import os
+import shutil
+import signal
+import socket
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from terrace.runtimes.base import Limits, RuntimeFailure
+
+__all__ = ["Cgroup", "cgroups_available", "command", "missing_tools", "socket_in"]
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CONTROLLERS = ("pids", "memory", "cpu")
+CFS_PERIOD_US = 100_000
+TOOLS = ("bwrap", "ip", "nft", "nsenter")
+
+
+def missing_tools() -> list[str]:
+    """The sandbox's tools this machine lacks."""
+    return [tool for tool in TOOLS if shutil.which(tool) is None]
+
+
+async def command(argv: Sequence[str], *, stdin: str | None = None) -> str:
+    """Run a short command; its stdout, or :class:`RuntimeFailure` naming it with its stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+    if proc.returncode != 0:
+        detail = err.decode(errors="replace").strip() or f"exit status {proc.returncode}"
+        raise RuntimeFailure(f"`{' '.join(argv[:4])} ...` failed: {detail}")
+    return out.decode(errors="replace")
+
+
+def cgroups_available() -> bool:
+    """cgroup v1 with the pids, memory and cpu controllers, and the right to make groups."""
+    return all(
+        (CGROUP_ROOT / c / "cgroup.procs").exists() and os.access(CGROUP_ROOT / c, os.W_OK)
+        for c in CONTROLLERS
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Cgroup:
+    """One group per replica in each controller: limits, and the list of all its processes
+    (however they daemonise), which is what makes "no process left behind" hold."""
+
+    name: str
+    """Relative to each controller's root: ``terrace-<installation>/<replica>``."""
+
+    def dirs(self) -> list[Path]:
+        return [CGROUP_ROOT / c / self.name for c in CONTROLLERS]
+
+    def procs_files(self) -> list[Path]:
+        return [d / "cgroup.procs" for d in self.dirs()]
+
+    def create(self, limits: Limits | None) -> None:
+        for d in self.dirs():
+            d.mkdir(parents=True, exist_ok=True)
+        if limits is None:
+            return
+        pids, memory, cpu = self.dirs()
+        (pids / "pids.max").write_text(str(limits.pids))
+        (memory / "memory.limit_in_bytes").write_text(str(limits.memory_mib * 1024 * 1024))
+        (cpu / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
+        (cpu / "cpu.cfs_quota_us").write_text(str(max(1000, int(limits.cpu * CFS_PERIOD_US))))
+
+    def pids(self) -> set[int]:
+        found: set[int] = set()
+        for path in self.procs_files():
+            try:
+                found.update(int(line) for line in path.read_text().split())
+            except FileNotFoundError:
+                continue
+        return found
+
+    def signal(self, signum: signal.Signals) -> None:
+        for pid in self.pids():
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                continue
+
+    def remove(self) -> None:
+        """Remove the (empty) groups; a group that still has processes stays (and is reported
+        by :meth:`pids` on the next look)."""
+        for d in self.dirs():
+            try:
+                d.rmdir()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                if exc.errno != errno.EBUSY:
+                    raise
+
+
+# --- sockets inside a network namespace -------------------------------------------------------
+
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+# setns(2) changes the namespace of the calling thread only: a dedicated thread enters the
+# namespace, makes the socket and comes back. A socket keeps the namespace it was made in.
+_netns_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="terrace-netns")
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _socket_in(netns: Path) -> socket.socket:
+    with open("/proc/thread-self/ns/net", "rb") as home, open(netns, "rb") as target:
+        _setns(target.fileno())
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            return sock
+        finally:
+            try:
+                _setns(home.fileno())
+            except OSError:  # pragma: no cover - the thread would stay in the wrong namespace
+                os.abort()
+
+
+async def socket_in(netns: Path) -> socket.socket:
+    """A non-blocking TCP socket that lives in the network namespace at ``netns``."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_netns_thread, _socket_in, netns)
