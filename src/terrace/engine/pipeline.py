@@ -227,6 +227,7 @@ class Pipeline:
                     await self._update(run_id, rest, state="skipped")
                 break
         await self._finish(run_id, state)
+        await self.runtime.forget_landscape(workspace_id)  # unless its services run
         return state
 
     async def _update(self, run_id: int, index: int, **values: object) -> None:

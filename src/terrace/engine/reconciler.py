@@ -178,7 +178,7 @@ class Engine:
         """Stop every replica of this installation (``terrace up`` on Ctrl-C)."""
         replicas = await self.runtime.replicas()
         await asyncio.gather(*(self.runtime.stop(r.id, grace=self.grace) for r in replicas))
-        for workspace_id in {r.workspace_id for r in replicas} | set(self._published):
+        for workspace_id in await self.runtime.landscapes() | set(self._published):
             await self.runtime.forget_landscape(workspace_id)
         self._published.clear()
 

@@ -162,6 +162,10 @@ class Runtime(Protocol):
         :meth:`publish` last said; what the public router uses."""
         ...
 
+    async def landscapes(self) -> set[int]:
+        """The workspaces that have a network here (running replicas or not)."""
+        ...
+
     async def forget_landscape(self, workspace_id: int) -> None:
         """Remove the landscape's network once none of its replicas run."""
         ...

@@ -513,6 +513,14 @@ class ProcessRuntime:
             raise
         return await asyncio.open_connection(sock=sock)
 
+    async def landscapes(self) -> set[int]:
+        found = {r.workspace_id for r in self._all()} | {ws for ws, _ in self._balance}
+        marker = f"{self.prefix}-w"
+        for ns in self.networks.namespaces():
+            if ns.startswith(marker) and ns[len(marker) :].isdigit():
+                found.add(int(ns[len(marker) :]))
+        return found
+
     async def forget_landscape(self, workspace_id: int) -> None:
         if any(r.workspace_id == workspace_id for r in self._all()):
             return
