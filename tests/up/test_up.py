@@ -120,3 +120,55 @@ def test_a_landscape_that_cannot_be_deployed_lists_every_problem(
     assert "MISSING" in out
     assert "marketplace is not available" in out
     bad.assert_nothing_left()
+
+
+def test_scale_teardown_and_a_crashing_service_through_the_api(
+    installation: Callable[[Path], Installation], tmp_path: Path
+) -> None:
+    hello = installation(EXAMPLES / "01-hello")
+    (hello.folder / "ci.yml").write_text(
+        (hello.folder / "ci.yml").read_text()
+        + '  flaky:\n    steps:\n      - command: echo "flaky starts"; exit 3\n'
+    )
+    hello.up("--skip-tests")
+    eventually(
+        lambda: any(
+            s["name"] == "web" and s["healthy"] == 1 for s in hello.run_status()["services"]
+        ),
+        what="web to be healthy",
+    )
+
+    # A service that exits is restarted with back-off; the API says how often and why.
+    def flaky() -> dict[str, object] | None:
+        found = next(s for s in hello.run_status()["services"] if s["name"] == "flaky")
+        instance = found["instances"][0] if found["instances"] else None
+        return instance if instance and instance["restarts"] >= 2 else None
+
+    instance = eventually(flaky, what="flaky to have been restarted twice")
+    assert instance["lastExit"] == "exited with status 3"
+    log = hello.api("/workspaces/1/logs/run/flaky/replica/0").text
+    assert log.count("flaky starts") >= 2
+    assert "restart 2" in log
+
+    # Scale web up and down: each replica answers through the route.
+    assert hello.api("/workspaces/1/landscape/scale", "PATCH", json={"web": 3}).json() == {"web": 3}
+
+    def web(count: int) -> bool:
+        found = next(s for s in hello.run_status()["services"] if s["name"] == "web")
+        return found["healthy"] == count == len(found["instances"])
+
+    eventually(lambda: web(3), what="three healthy web replicas")
+    assert hello.get("/").status_code == 200
+    bad = hello.api("/workspaces/1/landscape/scale", "PATCH", json={"nope": 1})
+    assert bad.status_code == 422
+    assert "no service 'nope'" in bad.json()["detail"]
+    hello.api("/workspaces/1/landscape/scale", "PATCH", json={"web": 1})
+    eventually(lambda: web(1), what="one web replica")
+
+    # Teardown stops every replica while `terrace up` keeps running.
+    assert hello.api("/workspaces/1/landscape/teardown", "DELETE").status_code == 204
+    eventually(lambda: not hello.processes(), what="every replica to stop")
+    assert hello.run_status()["state"] == "not-deployed"
+    assert hello.runs[-1].poll() is None
+    assert hello.kill(signal.SIGINT) == 0
+    hello.assert_nothing_left()
