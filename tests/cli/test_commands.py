@@ -142,7 +142,7 @@ def test_a_workspace_from_a_relative_path_and_its_landscape(live: LiveServer, cl
 
     landscape = cli("workspaces", "landscape", "-w", workspace, "--profile", "prod", **env)
     assert landscape.returncode == 0, landscape.stderr
-    assert landscape.stdout.startswith("ci.prod.yml: schema v0.2\n")
+    assert landscape.stdout.startswith("ci.prod.yml: schema v0.2, profile prod\n")
     for service in ("web", "api", "worker"):
         assert service in landscape.stdout
     assert "Managed services: db" in landscape.stdout

@@ -18,13 +18,19 @@ from sqlalchemy import select
 from terrace.api.auth import CurrentCaller, require_workspace
 from terrace.api.context import AppContext, context
 from terrace.api.models import Model, WorkspaceId
-from terrace.engine.deploy import MAX_REPLICAS, active_deployment, deploy, scale, teardown
+from terrace.engine.deploy import (
+    MAX_REPLICAS,
+    active_deployment,
+    deploy,
+    deployed_runs,
+    scale,
+    teardown,
+)
 from terrace.engine.pipeline import StepPlan, step_log
 from terrace.engine.plans import PlanTable, load_plans
 from terrace.engine.reconciler import logs_dir
 from terrace.errors import Conflict
 from terrace.sources.local import read_landscape
-from terrace.spec.landscape import ServiceKind
 from terrace.spec.landscape_parser import parse_landscape
 from terrace.spec.names import DNS_LABEL, PROFILE
 from terrace.store.roles import Role
@@ -75,6 +81,8 @@ class ReplicaOut(Model):
 
 class ServiceStatus(Model):
     name: str
+    revision: str
+    """The revision the engine converges to: ``healthy`` counts only replicas of it."""
     replicas: int
     healthy: int
     instances: list[ReplicaOut]
@@ -195,12 +203,12 @@ def _start(
         _deploy(request, caller, workspace_id, profile)
         return _status(request, caller, workspace_id, "run")
     ctx = context(request)
-    if ctx.engine is None:
-        raise Conflict("no engine runs in this server process, so stages cannot run here")
     with ctx.db.session() as session:
         row = require_workspace(session, caller, workspace_id, Role.DEVELOPER)
         team_id, folder = row.team_id, FsPath(row.path)
         env = env_vars(session, workspace_id)
+    if ctx.engine is None:
+        raise Conflict("no engine runs in this server process, so stages cannot run here")
     landscape = read_landscape(folder, profile).parsed.value
     steps = landscape.prepare.steps if stage == "prepare" else landscape.test.steps
     ctx.engine.pipeline.start(
@@ -267,7 +275,7 @@ def _status(request: Request, caller: CurrentCaller, workspace_id: int, stage: s
     engine = ctx.engine
     sandboxed = None if engine is None else engine.runtime.sandboxed
     with ctx.db.session() as session:
-        require_workspace(session, caller, workspace_id, Role.VIEWER)
+        row = require_workspace(session, caller, workspace_id, Role.VIEWER)
         if stage != "run":
             run = session.scalar(
                 select(StageRun)
@@ -291,18 +299,25 @@ def _status(request: Request, caller: CurrentCaller, workspace_id: int, stage: s
         landscape = parse_landscape(
             deployment.source, file=deployment.file, profile=deployment.profile
         ).value
-        overrides: dict[str, int] = json.loads(deployment.replicas)
+        runs = deployed_runs(
+            session,
+            workspace=row,
+            deployment=deployment,
+            landscape=landscape,
+            vault=ctx.vault,
+            plans=_plans(ctx),
+        )
     replicas = [] if engine is None else engine.status.get(workspace_id, [])
     services = []
-    for name, service in landscape.services.items():
-        if service.kind is not ServiceKind.REACTIVE:
-            continue
+    for service in runs:
+        name = service.key.service
         mine = [r for r in replicas if r.service == name]
         services.append(
             ServiceStatus(
                 name=name,
-                replicas=overrides.get(name, service.replicas),
-                healthy=sum(1 for r in mine if r.state == "healthy"),
+                revision=service.revision,
+                replicas=service.replicas,
+                healthy=sum(r.state == "healthy" and r.revision == service.revision for r in mine),
                 instances=[
                     ReplicaOut(
                         slot=r.slot,
@@ -329,15 +344,17 @@ def _status(request: Request, caller: CurrentCaller, workspace_id: int, stage: s
 # --- logs -----------------------------------------------------------------------------------
 
 
-def _tail(path: FsPath) -> bytes:
-    """The last MiB of a log; nothing for a step or replica that has not run yet."""
+def _tail(path: FsPath) -> tuple[bytes, int]:
+    """The last MiB of a log and where it ended; nothing for a step or replica that has not
+    run yet."""
     try:
         with path.open("rb") as log:
             size = log.seek(0, 2)
             log.seek(max(0, size - LOG_TAIL))
-            return log.read()
+            data = log.read()
+            return data, log.tell()
     except FileNotFoundError:
-        return b""
+        return b"", 0
 
 
 @router.get(
@@ -355,7 +372,7 @@ def step_logs(
     ctx = context(request)
     with ctx.db.session() as session:
         require_workspace(session, caller, workspace_id, Role.VIEWER)
-    data = _tail(step_log(ctx.home, workspace_id, stage, step))
+    data, _ = _tail(step_log(ctx.home, workspace_id, stage, step))
     return PlainTextResponse(data.decode(errors="replace"))
 
 
@@ -377,22 +394,23 @@ def replica_logs(
     with ctx.db.session() as session:
         require_workspace(session, caller, workspace_id, Role.VIEWER)
     path = logs_dir(ctx.home, workspace_id) / "run" / service / f"{replica}.log"
-    data = _tail(path)
+    data, end = _tail(path)
     if not follow:
         return PlainTextResponse(data.decode(errors="replace"))
-    return StreamingResponse(_follow(request, path, data), media_type="text/plain; charset=utf-8")
+    return StreamingResponse(
+        _follow(request, path, data, end), media_type="text/plain; charset=utf-8"
+    )
 
 
-async def _follow(request: Request, path: FsPath, first: bytes) -> AsyncIterator[bytes]:
+async def _follow(request: Request, path: FsPath, first: bytes, end: int) -> AsyncIterator[bytes]:
+    """What was there, then what gets appended (from exactly where the first read ended)."""
     yield first
     while not path.exists():  # a replica that has not started yet
         if await request.is_disconnected():
             return
         await asyncio.sleep(FOLLOW_POLL)
     with path.open("rb") as log:
-        if first:
-            log.seek(0, 2)
-        log.seek(0, 2)
+        log.seek(end)
         while not await request.is_disconnected():
             chunk = log.read(65_536)
             if chunk:

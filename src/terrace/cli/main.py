@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from terrace import __version__
-from terrace.cli import env, keys, teams, users, vault, workspaces
+from terrace.cli import env, keys, landscape, teams, users, vault, workspaces
 from terrace.cli.login import login, logout
 from terrace.cli.server import server
 from terrace.cli.up import up
@@ -29,6 +29,7 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(workspaces.app, name="workspaces")
 app.add_typer(env.app, name="env")
 app.add_typer(vault.app, name="vault")
+app.add_typer(landscape.app, name="landscape")
 
 
 def _version(value: bool) -> None:

@@ -14,6 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from terrace.engine.checks import require_deployable
+from terrace.engine.desired import ServiceRun, service_runs
 from terrace.engine.plans import PlanTable
 from terrace.errors import Conflict, InvalidInput
 from terrace.sources.local import read_landscape
@@ -23,7 +24,14 @@ from terrace.store.tables import Deployment, Workspace
 from terrace.store.workspaces import env_vars
 from terrace.vault import Vault
 
-__all__ = ["MAX_REPLICAS", "active_deployment", "deploy", "scale", "teardown"]
+__all__ = [
+    "MAX_REPLICAS",
+    "active_deployment",
+    "deploy",
+    "deployed_runs",
+    "scale",
+    "teardown",
+]
 
 MAX_REPLICAS = 100
 """The most replicas one service may have on this installation."""
@@ -118,3 +126,27 @@ def teardown(session: Session, workspace: Workspace) -> bool:
         return False
     row.active = False
     return True
+
+
+def deployed_runs(
+    session: Session,
+    *,
+    workspace: Workspace,
+    deployment: Deployment,
+    landscape: Landscape,
+    vault: Vault,
+    plans: PlanTable,
+) -> list[ServiceRun]:
+    """What a deployment asks to run now, with each service's revision as of the workspace's
+    env vars and the team's secrets today (what the engine converges to)."""
+    overrides = {str(k): int(v) for k, v in json.loads(deployment.replicas).items()}
+    return service_runs(
+        landscape,
+        workspace_id=workspace.id,
+        team_id=workspace.team_id,
+        workspace=Path(workspace.path),
+        workspace_env=env_vars(session, workspace.id),
+        vault_versions=vault.versions(session, workspace.team_id, workspace_id=workspace.id),
+        plans=plans,
+        replicas=overrides,
+    )

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 import time
@@ -17,7 +16,8 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from terrace.engine.desired import ServiceRun, render_env, service_runs
+from terrace.engine.deploy import deployed_runs
+from terrace.engine.desired import ServiceRun, render_env
 from terrace.engine.pipeline import Pipeline
 from terrace.engine.planner import Backoff, Plan, Start, plan
 from terrace.engine.plans import PlanTable
@@ -248,18 +248,13 @@ class Engine:
                 if landscape is None:
                     continue
                 desired.workspaces.add(workspace.id)
-                overrides = {str(k): int(v) for k, v in json.loads(deployment.replicas).items()}
-                desired.runs += service_runs(
-                    landscape,
-                    workspace_id=workspace.id,
-                    team_id=workspace.team_id,
-                    workspace=Path(workspace.path),
-                    workspace_env=env_vars(session, workspace.id),
-                    vault_versions=self.vault.versions(
-                        session, workspace.team_id, workspace_id=workspace.id
-                    ),
+                desired.runs += deployed_runs(
+                    session,
+                    workspace=workspace,
+                    deployment=deployment,
+                    landscape=landscape,
+                    vault=self.vault,
                     plans=self.plans,
-                    replicas=overrides,
                 )
                 for name, service in landscape.services.items():
                     desired.routes += [
