@@ -397,13 +397,7 @@ class ProcessRuntime:
             async with asyncio.timeout(timeout):
                 if record.sandboxed:
                     ns = self.networks.path(self.networks.replica_ns(replica_id))
-                    sock = await socket_in(ns)
-                    try:
-                        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-                    except BaseException:
-                        sock.close()
-                        raise
-                    reader, writer = await asyncio.open_connection(sock=sock)
+                    reader, writer = await _open_in(ns, "127.0.0.1", port)
                 else:
                     reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 try:
@@ -505,13 +499,7 @@ class ProcessRuntime:
         if address is None:
             raise ConnectionRefusedError(f"{service} has no address yet")
         ns = self.networks.path(self.networks.landscape_ns(workspace_id))
-        sock = await socket_in(ns)
-        try:
-            await asyncio.get_running_loop().sock_connect(sock, (address, port))
-        except BaseException:
-            sock.close()
-            raise
-        return await asyncio.open_connection(sock=sock)
+        return await _open_in(ns, address, port)
 
     async def landscapes(self) -> set[int]:
         found = {r.workspace_id for r in self._all()} | {ws for ws, _ in self._balance}
@@ -561,6 +549,19 @@ class ProcessRuntime:
                 await watcher
         self._watchers.clear()
         self._children.clear()
+
+
+async def _open_in(
+    netns: Path, host: str, port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP connection made from inside the network namespace at ``netns``."""
+    sock = await socket_in(netns)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_connection(sock=sock)
 
 
 async def _until(condition: Callable[[], bool], timeout: float) -> bool:
