@@ -242,4 +242,6 @@ async def _show_progress(engine: Engine, out: Console, workspace_id: int) -> Non
             if done:
                 break
             await asyncio.sleep(0.1)
+    if not out.is_terminal:
+        out.line()  # a live display that is not a terminal's leaves its last line open
     out.print(f"run: every replica healthy in {time.monotonic() - started:.1f} s")
