@@ -50,6 +50,9 @@ def describe_exit(code: int | None) -> str:
             return f"killed by {signal.Signals(-code).name}"
         except ValueError:
             return f"killed by signal {-code}"
+    if 128 < code < 160:  # a sandbox reports a signal as a shell does: 128 + the signal
+        with contextlib.suppress(ValueError):
+            return f"exited with status {code} ({signal.Signals(code - 128).name})"
     return f"exited with status {code}"
 
 

@@ -99,7 +99,8 @@ class Replica:
     """Declared port -> the port to connect to at ``address``."""
     running: bool
     exit_code: int | None = None
-    """The exit status once it has exited (negative: killed by that signal); None if unknown."""
+    """The exit status once it has exited; None if unknown. A signal shows as negative (host
+    processes) or, from a sandbox, as 128 + the signal, as a shell reports it."""
     last_exit: str | None = None
 
 

@@ -4,6 +4,7 @@ opened inside another network namespace."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
 import os
@@ -94,17 +95,25 @@ class Cgroup:
             except ProcessLookupError:
                 continue
 
-    def remove(self) -> None:
-        """Remove the (empty) groups; a group that still has processes stays (and is reported
-        by :meth:`pids` on the next look)."""
+    async def remove(self) -> None:
+        """Remove the emptied groups (the kernel may take a moment after the last process
+        exits), and their parent once it is empty too."""
         for d in self.dirs():
-            try:
-                d.rmdir()
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                if exc.errno != errno.EBUSY:
-                    raise
+            for _ in range(100):
+                try:
+                    d.rmdir()
+                except FileNotFoundError:
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY:
+                        raise
+                    await asyncio.sleep(0.02)
+                else:
+                    break
+            else:
+                raise RuntimeFailure(f"cgroup {d} still has processes: {sorted(self.pids())}")
+            with contextlib.suppress(OSError):
+                d.parent.rmdir()  # the installation's group, once its last replica is gone
 
 
 # --- sockets inside a network namespace -------------------------------------------------------

@@ -20,6 +20,7 @@ Layout (see docs/architecture.md, "How names resolve inside the sandbox"):
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import os
@@ -56,6 +57,7 @@ class Networks:
     def __init__(self, prefix: str, state_dir: Path) -> None:
         self.prefix = prefix
         self.state_dir = state_dir
+        self._making: dict[int, asyncio.Lock] = {}
 
     # --- names ------------------------------------------------------------------------------
 
@@ -83,7 +85,12 @@ class Networks:
     # --- landscapes ---------------------------------------------------------------------------
 
     async def ensure_landscape(self, workspace_id: int) -> None:
-        """The landscape's router namespace and hosts file, made once (idempotent)."""
+        """The landscape's router namespace and hosts file, made once (idempotent; replicas
+        of a new landscape start together, so one makes it while the others wait)."""
+        async with self._making.setdefault(workspace_id, asyncio.Lock()):
+            await self._ensure_landscape(workspace_id)
+
+    async def _ensure_landscape(self, workspace_id: int) -> None:
         if not self.hosts_file(workspace_id).exists():
             self.write_hosts(workspace_id, {}, {})
         ns = self.landscape_ns(workspace_id)
@@ -167,8 +174,10 @@ class Networks:
         transaction: a service left out (or without replicas) refuses connections."""
         addresses = self.service_addresses(workspace_id, services)
         rules: list[str] = []
+        hairpins: set[str] = set()
         for name, (ports, replicas) in sorted(services.items()):
             targets = sorted(set(replicas))
+            hairpins.update(targets)
             if not targets:
                 continue
             for port in sorted(set(ports)):
@@ -178,7 +187,7 @@ class Networks:
                     pairs = ", ".join(f"{i} : {a}" for i, a in enumerate(targets))
                     to = f"numgen inc mod {len(targets)} map {{ {pairs} }}"
                 rules.append(f"ip daddr {addresses[name]} tcp dport {port} dnat to {to}")
-        await self._load_rules(self.landscape_ns(workspace_id), "\n".join(rules))
+        await self._load_rules(self.landscape_ns(workspace_id), "\n".join(rules), hairpins)
 
     def write_hosts(
         self, workspace_id: int, services: Mapping[str, str], replicas: Mapping[str, str]
@@ -222,14 +231,26 @@ class Networks:
             tmp.replace(path)
         return {name: _service_address(indexes[name]) for name in indexes}
 
-    async def _load_rules(self, ns: str, rules: str) -> None:
-        chains = "\n".join(
+    async def _load_rules(self, ns: str, rules: str, hairpins: Iterable[str] = ()) -> None:
+        """DNAT ``rules`` for replicas (prerouting) and the engine (output); and for each
+        replica address in ``hairpins``, SNAT of its connections to itself through its service
+        address (the answer would otherwise come back from its own address and be dropped)."""
+        chains = [
             f"  chain {chain} {{\n    type nat hook {hook} priority -100; policy accept;\n"
             + "".join(f"    {rule}\n" for rule in rules.splitlines())
             + "  }"
             for chain, hook in (("pre", "prerouting"), ("out", "output"))
+        ]
+        chains.append(
+            "  chain post {\n    type nat hook postrouting priority 100; policy accept;\n"
+            + "".join(
+                f"    ip saddr {a} ip daddr {a} snat to {ROUTER_ADDRESS}\n"
+                for a in sorted(set(hairpins))
+            )
+            + "  }"
         )
-        script = f"table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n{chains}\n}}\n"
+        body = "\n".join(chains)
+        script = f"table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n{body}\n}}\n"
         await command(["nsenter", f"--net={self.path(ns)}", "nft", "-f", "-"], stdin=script)
 
     def _read_indexes(self, workspace_id: int) -> dict[str, int]:

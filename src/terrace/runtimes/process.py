@@ -214,7 +214,11 @@ class ProcessRuntime:
     def _running(self, record: _Record) -> bool:
         if record.sandboxed:
             return bool(self._cgroup(record.id).pids())
-        return record.pid is not None and _pid_start(record.pid) == record.pid_start
+        return (
+            record.pid is not None
+            and record.pid_start is not None
+            and _pid_start(record.pid) == record.pid_start
+        )
 
     # --- start --------------------------------------------------------------------------------
 
@@ -274,7 +278,12 @@ class ProcessRuntime:
         self._save(record)
         self._children[replica_id] = proc
         self._watchers[replica_id] = asyncio.create_task(self._watch(replica_id, proc))
-        return record.replica(running=True)
+        if self._sandboxed:
+            # Until its shell has joined the cgroups, the replica would look stopped (and a
+            # stop would miss it): return once it is in, or has already ended.
+            group = self._cgroup(replica_id)
+            await _until(lambda: bool(group.pids()) or proc.returncode is not None, KILL_WAIT)
+        return record.replica(running=self._running(record))
 
     def _free_index(self, workspace_id: int) -> int:
         used = {r.index for r in self._all() if r.workspace_id == workspace_id and r.sandboxed}
@@ -423,13 +432,18 @@ class ProcessRuntime:
         record = self._load(replica_id)
         if record is None:
             return
+        child = self._children.pop(replica_id, None)
         if record.sandboxed:
             await self._stop_group(self._cgroup(replica_id), grace)
+            if child is not None and child.returncode is None:
+                # Not in the cgroups yet (stopped the moment it started): its own session.
+                await self._stop_session(child.pid, 0)
             await self.networks.detach(replica_id)
-            self._cgroup(replica_id).remove()
-        elif record.pid is not None and self._running(record):
+            await self._cgroup(replica_id).remove()
+        elif record.pid is not None and _pid_start(record.pid) in (None, record.pid_start):
+            # The session, even if its leader (the shell) is gone; unless the pid now belongs
+            # to another process.
             await self._stop_session(record.pid, grace)
-        child = self._children.pop(replica_id, None)
         if child is not None:
             await child.wait()
         watcher = self._watchers.pop(replica_id, None)
@@ -537,7 +551,7 @@ class ProcessRuntime:
                 if d.is_dir() and d.name not in known:
                     group = self._cgroup(d.name)
                     await self._stop_group(group, 0)
-                    group.remove()
+                    await group.remove()
                     removed.append(f"cgroup {d.name}")
         return removed
 
