@@ -419,6 +419,7 @@ def test_records_of_replicas_that_never_got_going_are_not_running_and_stop(lab: 
     record("1-alpha-2-cccccc", 2)  # ... after the namespace
     Cgroup(f"terrace-{prefix}/1-alpha-2-cccccc").create(None)
     subprocess.run(["ip", "netns", "add", f"{prefix}-r-1-alpha-2-cccccc"], check=True)
+    runtime = lab.runtime()  # the restarted engine's runtime reads the records back
 
     async def main() -> None:
         listed = await runtime.replicas()

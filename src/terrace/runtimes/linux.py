@@ -11,7 +11,7 @@ import os
 import shutil
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,8 +88,15 @@ class Cgroup:
                 continue
         return found
 
-    def signal(self, signum: signal.Signals) -> None:
-        for pid in self.pids():
+    def alive(self) -> bool:
+        """Whether any process is in the group (one controller tells: all are joined)."""
+        try:
+            return bool(self.procs_files()[0].read_text().strip())
+        except FileNotFoundError:
+            return False
+
+    def signal(self, signum: signal.Signals, pids: Iterable[int] | None = None) -> None:
+        for pid in self.pids() if pids is None else pids:
             try:
                 os.kill(pid, signum)
             except ProcessLookupError:

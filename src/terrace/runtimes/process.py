@@ -157,6 +157,7 @@ class ProcessRuntime:
         self._children: dict[str, asyncio.subprocess.Process] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._balance: dict[tuple[int, str], itertools.cycle[tuple[str, Mapping[int, int]]]] = {}
+        self._cache: dict[str, _Record] = self._read_records()
 
     # --- what it is ---------------------------------------------------------------------------
 
@@ -185,19 +186,27 @@ class ProcessRuntime:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(asdict(record)))
         tmp.replace(path)
+        self._cache[record.id] = record
+
+    def _forget(self, replica_id: str) -> None:
+        self._path(replica_id).unlink(missing_ok=True)
+        self._cache.pop(replica_id, None)
 
     def _load(self, replica_id: str) -> _Record | None:
-        try:
-            data: dict[str, Any] = json.loads(self._path(replica_id).read_text())
-        except FileNotFoundError:
-            return None
-        return _Record(**data)
+        return self._cache.get(replica_id)
 
     def _all(self) -> list[_Record]:
-        found = []
+        return sorted(self._cache.values(), key=lambda r: r.id)
+
+    def _read_records(self) -> dict[str, _Record]:
+        """The records on disk: read once, when the runtime starts (one engine per home)."""
+        found = {}
         for path in sorted(self.records.glob("*.json")):
-            if record := self._load(path.stem):
-                found.append(record)
+            try:
+                data: dict[str, Any] = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # a record torn by a crash mid-write is never renamed into place
+            found[path.stem] = _Record(**data)
         return found
 
     def _resolv_conf(self) -> Path:
@@ -213,7 +222,7 @@ class ProcessRuntime:
 
     def _running(self, record: _Record) -> bool:
         if record.sandboxed:
-            return bool(self._cgroup(record.id).pids())
+            return self._cgroup(record.id).alive()
         return (
             record.pid is not None
             and record.pid_start is not None
@@ -282,7 +291,7 @@ class ProcessRuntime:
             # Until its shell has joined the cgroups, the replica would look stopped (and a
             # stop would miss it): return once it is in, or has already ended.
             group = self._cgroup(replica_id)
-            await _until(lambda: bool(group.pids()) or proc.returncode is not None, KILL_WAIT)
+            await _until(lambda: group.alive() or proc.returncode is not None, KILL_WAIT)
         return record.replica(running=self._running(record))
 
     def _free_index(self, workspace_id: int) -> int:
@@ -449,13 +458,23 @@ class ProcessRuntime:
         watcher = self._watchers.pop(replica_id, None)
         if watcher is not None:
             await asyncio.shield(watcher)
-        self._path(replica_id).unlink(missing_ok=True)
+        self._forget(replica_id)
         if record.sandboxed and self.networks.hosts_file(record.workspace_id).exists():
             self._write_hosts(record.workspace_id)
 
     async def _stop_group(self, group: Cgroup, grace: float) -> None:
-        group.signal(signal.SIGTERM)
-        if await _until(lambda: not group.pids(), grace):
+        # A replica stopped as it starts may fork its server after the first SIGTERM (and the
+        # sandbox's init ignores SIGTERM): every process that shows up gets one too.
+        told: set[int] = set()
+
+        def gone() -> bool:
+            pids = group.pids()
+            if fresh := pids - told:
+                group.signal(signal.SIGTERM, fresh)
+                told.update(fresh)
+            return not pids
+
+        if await _until(gone, grace):
             return
         group.signal(signal.SIGKILL)
         if not await _until(lambda: not group.pids(), KILL_WAIT):
