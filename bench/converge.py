@@ -62,6 +62,7 @@ from terrace.api.platform import make_engine
 from terrace.engine.deploy import deploy
 from terrace.engine.reconciler import Engine, PassReport
 from terrace.runtimes.process import PATH, ProcessRuntime
+from terrace.runtimes.process import http_ok as runtime_http_ok
 from terrace.store.tables import User, Workspace
 from terrace.store.tenancy import create_team
 from terrace.store.workspaces import add_workspace
@@ -192,19 +193,9 @@ async def http_ok(connect: Connect, path: str = "/") -> bool:
     try:
         async with asyncio.timeout(HTTP_TIMEOUT):
             reader, writer = await connect()
-            try:
-                writer.write(
-                    f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
-                )
-                line = await reader.readline()
-            finally:
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
+            return await runtime_http_ok(reader, writer, path, "localhost")
     except (OSError, TimeoutError):
         return False
-    parts = line.split()
-    return len(parts) >= 2 and parts[1].isdigit() and 200 <= int(parts[1]) < 400
 
 
 # --- the peer: the same servers, started directly ---------------------------------------------

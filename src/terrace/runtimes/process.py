@@ -47,7 +47,7 @@ from terrace.runtimes.base import (
 from terrace.runtimes.linux import Cgroup, cgroups_available, missing_tools, socket_in
 from terrace.runtimes.network import FIRST_REPLICA, LAST_INDEX, Networks, replica_address
 
-__all__ = ["ProcessRuntime", "sandbox_problems"]
+__all__ = ["ProcessRuntime", "http_ok", "sandbox_problems"]
 
 MOUNT = "/home/user/app"
 DEFAULT_PORT = 3000
@@ -418,22 +418,14 @@ class ProcessRuntime:
                     reader, writer = await _open_in(ns, "127.0.0.1", port)
                 else:
                     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                try:
-                    if probe.kind == "tcp":
-                        return True
-                    writer.write(
-                        f"GET {probe.path} HTTP/1.1\r\nHost: localhost:{probe.port}\r\n"
-                        "User-Agent: terrace-health\r\nConnection: close\r\n\r\n".encode()
-                    )
-                    line = await reader.readline()
-                finally:
+                if probe.kind == "tcp":
                     writer.close()
                     with contextlib.suppress(OSError):
                         await writer.wait_closed()
+                    return True
+                return await http_ok(reader, writer, probe.path, f"localhost:{probe.port}")
         except (OSError, TimeoutError):
             return False
-        parts = line.split()
-        return len(parts) >= 2 and parts[1].isdigit() and 200 <= int(parts[1]) < 400
 
     # --- stop ---------------------------------------------------------------------------------
 
@@ -582,6 +574,24 @@ class ProcessRuntime:
                 await watcher
         self._watchers.clear()
         self._children.clear()
+
+
+async def http_ok(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str, host: str
+) -> bool:
+    """``GET path`` over an open connection, which it closes: True on a 2xx or 3xx answer."""
+    try:
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: terrace-health\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        line = await reader.readline()
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    parts = line.split()
+    return len(parts) >= 2 and parts[1].isdigit() and 200 <= int(parts[1]) < 400
 
 
 async def _open_in(
