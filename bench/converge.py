@@ -61,8 +61,9 @@ from terrace.api.context import AppContext
 from terrace.api.platform import make_engine
 from terrace.engine.deploy import deploy
 from terrace.engine.reconciler import Engine, PassReport
-from terrace.runtimes.process import PATH, ProcessRuntime
+from terrace.runtimes.process import ProcessRuntime
 from terrace.runtimes.process import http_ok as runtime_http_ok
+from terrace.runtimes.sandbox import PATH
 from terrace.store.tables import User, Workspace
 from terrace.store.tenancy import create_team
 from terrace.store.workspaces import add_workspace

@@ -25,7 +25,8 @@ import pytest
 from terrace.runtimes.base import Kind, Limits, ReplicaSpec
 from terrace.runtimes.linux import CGROUP_ROOT, CONTROLLERS, socket_in
 from terrace.runtimes.network import NETNS_DIR
-from terrace.runtimes.process import ProcessRuntime, sandbox_problems
+from terrace.runtimes.process import ProcessRuntime
+from terrace.runtimes.sandbox import sandbox_problems
 
 T = TypeVar("T")
 

@@ -4,7 +4,6 @@ port, and the processes, namespaces and cgroups of its installation."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import signal
 import socket
@@ -18,6 +17,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from terrace.runtimes.sandbox import installation_prefix
 from tests.conftest import ROOT
 from tests.support.live import server_env
 
@@ -43,11 +43,6 @@ def eventually(check: Callable[[], T | None], *, timeout: float = 30, what: str 
             last = exc
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what or check} (last error: {last})")
-
-
-def prefix_of(home: Path) -> str:
-    """The runtime's name prefix for an installation (see ProcessRuntime)."""
-    return "tr" + hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:6]
 
 
 @dataclass
@@ -136,16 +131,16 @@ class Installation:
             names = os.listdir("/run/netns")
         except FileNotFoundError:
             return []
-        return sorted(n for n in names if n.startswith(prefix_of(self.home) + "-"))
+        return sorted(n for n in names if n.startswith(installation_prefix(self.home) + "-"))
 
     def cgroups(self) -> list[str]:
-        parent = Path("/sys/fs/cgroup/pids") / f"terrace-{prefix_of(self.home)}"
+        parent = Path("/sys/fs/cgroup/pids") / f"terrace-{installation_prefix(self.home)}"
         return sorted(d.name for d in parent.iterdir() if d.is_dir()) if parent.exists() else []
 
     def processes(self) -> list[int]:
         """Live processes of the installation's replicas: in its cgroups, or sandboxes of its
         workspace folder (bwrap's command line binds it)."""
-        mark = f"terrace-{prefix_of(self.home)}/"
+        mark = f"terrace-{installation_prefix(self.home)}/"
         found = []
         for entry in os.listdir("/proc"):
             if not entry.isdigit():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from terrace.api.bootstrap import bootstrap
 from terrace.api.context import AppContext
-from terrace.api.platform import make_engine, run_platform
+from terrace.api.platform import OnReady, make_engine, run_platform
 from terrace.store.home import DEFAULT_API_PORT, discovery_file
 
 __all__ = ["serve", "start"]
@@ -28,14 +28,17 @@ def serve(
     port: int = DEFAULT_API_PORT,
     environ: Mapping[str, str] | None = None,
     engine: bool = True,
+    on_ready: OnReady | None = None,
+    log_level: str = "info",
 ) -> None:
-    """Run the API (and the engine) until SIGINT or SIGTERM."""
+    """Run the API (and the engine) until SIGINT or SIGTERM; ``on_ready`` runs once all serve
+    (``terrace up`` deploys its folder there)."""
     ctx, sock, _url = start(host=host, port=port, environ=environ)
     if engine:
         ctx = make_engine(ctx)
     marker = discovery_file(ctx.home)
     try:
-        asyncio.run(run_platform(ctx, sock))
+        asyncio.run(run_platform(ctx, sock, on_ready=on_ready, log_level=log_level))
     finally:
         sock.close()
         _clean_up(ctx, marker)

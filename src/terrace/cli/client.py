@@ -6,7 +6,8 @@ does not answer is :class:`Unreachable`. Neither message ever contains the API k
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
@@ -31,6 +32,8 @@ __all__ = [
 
 DEFAULT_TIMEOUT = 60.0  # seconds; creating a workspace may clone a repository
 CONNECT_TIMEOUT = 10.0
+TEXT = {"Accept": "text/plain, application/problem+json"}
+"""What a request for a log accepts."""
 
 
 class CliError(TerraceError):
@@ -218,11 +221,7 @@ class ApiClient:
                 timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
             )
         except httpx.TransportError as exc:
-            reason = str(exc) or type(exc).__name__
-            raise Unreachable(
-                f"cannot reach the Terrace API at {self.target.url}: {reason}; "
-                "start one with `terrace server` or set TERRACE_API"
-            ) from None
+            raise self._unreachable(exc) from None
         if not response.is_success:
             raise RequestFailed.from_response(response)
         if response.status_code == httpx.codes.NO_CONTENT or not response.content:
@@ -235,6 +234,43 @@ class ApiClient:
                 "Unexpected response",
                 f"{self.target.url} did not answer with JSON; is it a Terrace API?",
             ) from None
+
+    def _unreachable(self, exc: httpx.TransportError) -> Unreachable:
+        reason = str(exc) or type(exc).__name__
+        return Unreachable(
+            f"cannot reach the Terrace API at {self.target.url}: {reason}; "
+            "start one with `terrace server` or set TERRACE_API"
+        )
+
+    def text(self, path: str) -> str:
+        """A plain-text resource (a log)."""
+        try:
+            response = self._http.get(path, headers=TEXT)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+        if not response.is_success:
+            raise RequestFailed.from_response(response)
+        return response.text
+
+    @contextmanager
+    def stream_text(
+        self, path: str, *, params: Mapping[str, str] | None = None
+    ) -> Iterator[Iterator[str]]:
+        """A plain-text resource as it arrives, for as long as the server sends it."""
+        try:
+            with self._http.stream(
+                "GET",
+                path,
+                params=params,
+                headers=TEXT,
+                timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT),
+            ) as response:
+                if not response.is_success:
+                    response.read()
+                    raise RequestFailed.from_response(response)
+                yield response.iter_text()
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
 
     def get(self, path: str, *, params: Mapping[str, str] | None = None) -> Any:
         return self.request("GET", path, params=params)

@@ -7,23 +7,19 @@ Waiting (``--wait``) polls the API every 0.2 s until a deadline; nothing here sl
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from enum import StrEnum
 from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.console import Console
 
-from terrace import __version__
 from terrace.cli.client import (
-    CONNECT_TIMEOUT,
-    DEFAULT_TIMEOUT,
+    ApiClient,
     CliError,
     RequestFailed,
     Target,
-    Unreachable,
     UsageProblem,
 )
 from terrace.cli.common import (
@@ -215,7 +211,7 @@ def _failed_step(session: Session, wid: int, stage: str, status: dict[str, Any])
     message = f"{stage} {status['state']}: step {failed['index']} ({failed['name']!r}) {how}"
     tail: list[str] = []
     with suppress(CliError):
-        text = _get_text(session.api.target, f"/workspaces/{wid}/logs/{stage}/{failed['index']}")
+        text = session.api.text(f"/workspaces/{wid}/logs/{stage}/{failed['index']}")
         tail = [f"  | {line}" for line in text.splitlines()[-LOG_TAIL_LINES:]]
     return Refused(message, tail)
 
@@ -228,48 +224,14 @@ def _print_stage(status: dict[str, Any]) -> None:
         print_table(status["steps"], STEP_FIELDS, empty="No steps.")
 
 
-# --- text from the API (logs): not JSON, so not through ApiClient.request ----------------------
-
-
-@contextmanager
-def _http(target: Target, *, read_timeout: float | None) -> Iterator[httpx.Client]:
-    headers = {
-        "User-Agent": f"terrace-cli/{__version__}",
-        "Accept": "text/plain, application/problem+json",
-    }
-    if target.key:
-        headers["Authorization"] = f"Bearer {target.key}"
-    try:
-        with httpx.Client(
-            base_url=target.url + "/api",
-            headers=headers,
-            timeout=httpx.Timeout(read_timeout, connect=CONNECT_TIMEOUT),
-        ) as client:
-            yield client
-    except httpx.TransportError as exc:
-        reason = str(exc) or type(exc).__name__
-        raise Unreachable(f"cannot reach the Terrace API at {target.url}: {reason}") from None
-
-
-def _get_text(target: Target, path: str) -> str:
-    with _http(target, read_timeout=DEFAULT_TIMEOUT) as client:
-        response = client.get(path)
-    if not response.is_success:
-        raise RequestFailed.from_response(response)
-    return response.text
-
-
 def _follow(target: Target, path: str) -> None:
     """Print the log and what is added to it until the server ends the stream (or Ctrl-C)."""
     with (
-        _http(target, read_timeout=None) as client,
-        client.stream("GET", path, params={"follow": "1"}) as response,
+        ApiClient(target) as api,
+        api.stream_text(path, params={"follow": "1"}) as chunks,
     ):
-        if not response.is_success:
-            response.read()
-            raise RequestFailed.from_response(response)
         held = ""  # a chunk's final "\r" waits: the next chunk may start with its "\n"
-        for chunk in response.iter_text():
+        for chunk in chunks:
             text, held = held + chunk, ""
             if text.endswith("\r"):
                 text, held = text[:-1], "\r"
@@ -501,7 +463,7 @@ def logs(
             path = f"/workspaces/{wid}/logs/run/{service}/replica/{replica}"
         target = session.api.target
         if not follow:
-            text = _get_text(target, path)
+            text = session.api.text(path)
     if follow:
         try:
             with handled():

@@ -8,8 +8,6 @@ Ctrl-C, which stops every replica before the process ends.
 
 from __future__ import annotations
 
-import asyncio
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -43,27 +41,13 @@ def up(
 ) -> None:
     """Run the API, the engine and the router here; deploy FOLDER's landscape and serve it."""
     # The platform loads only for `up`: other commands stay quick to start.
-    from terrace.api.platform import make_engine, run_platform  # noqa: PLC0415
-    from terrace.api.server import start  # noqa: PLC0415
+    from terrace.api.server import serve  # noqa: PLC0415
     from terrace.cli.landscape_up import Up  # noqa: PLC0415
-    from terrace.store.home import discovery_file  # noqa: PLC0415
 
-    try:
-        ctx, sock, _url = start(host="127.0.0.1", port=api_port)
-    except (TerraceError, OSError) as exc:
-        typer.echo(f"terrace up: {exc}", err=True)
-        raise typer.Exit(1) from None
-    ctx = make_engine(ctx)
     runner = Up(folder, profile=profile, port=port, run_tests=not skip_tests)
     try:
-        asyncio.run(run_platform(ctx, sock, on_ready=runner.ready, log_level="warning"))
+        serve(host="127.0.0.1", port=api_port, on_ready=runner.ready, log_level="warning")
     except (TerraceError, OSError) as exc:
         typer.echo(f"terrace up: {exc}", err=True)
         raise typer.Exit(1) from None
-    finally:
-        sock.close()
-        marker = discovery_file(ctx.home)
-        if marker.exists() and json.loads(marker.read_text()).get("pid") is not None:
-            marker.unlink(missing_ok=True)
-        ctx.db.dispose()
     typer.echo("terrace up: stopped; every replica was stopped")

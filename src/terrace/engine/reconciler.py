@@ -10,7 +10,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -366,13 +366,10 @@ class Engine:
         await asyncio.gather(
             *(self.runtime.stop(s.replica_id, grace=self.grace) for s in todo.stops)
         )
-        need_secrets = {run.key.workspace_id for run in runs.values()} & {
-            s.key.workspace_id for s in todo.starts
-        }
-        secrets = await asyncio.to_thread(self._reveal, need_secrets, runs)
-        env_of = await asyncio.to_thread(self._workspace_env, need_secrets)
+        starting = {s.key.workspace_id: runs[s.key].team_id for s in todo.starts}
+        inputs = await asyncio.to_thread(self._env_inputs, starting) if starting else {}
         results = await asyncio.gather(
-            *(self._start(s, runs[s.key], secrets, env_of) for s in todo.starts),
+            *(self._start(s, runs[s.key], *inputs[s.key.workspace_id]) for s in todo.starts),
             return_exceptions=True,
         )
         for start, result in zip(todo.starts, results, strict=True):
@@ -380,31 +377,31 @@ class Engine:
                 log.error("could not start %s slot %s: %s", start.key, start.slot, result)
                 self._last_exit[(start.key, start.slot)] = f"could not start: {result}"
 
-    def _reveal(
-        self, workspaces: Iterable[int], runs: Mapping[ServiceKey, ServiceRun]
-    ) -> dict[int, dict[str, str]]:
-        teams = {run.key.workspace_id: run.team_id for run in runs.values()}
+    def _env_inputs(
+        self, teams: Mapping[int, int]
+    ) -> dict[int, tuple[dict[str, str], dict[str, str]]]:
+        """Per workspace (-> its team): its env vars and its secrets, opened (the only place
+        the engine opens them: replicas are about to start)."""
         with self.db.session() as session:
-            return {ws: self.vault.reveal(session, teams[ws], workspace_id=ws) for ws in workspaces}
-
-    def _workspace_env(self, workspaces: Iterable[int]) -> dict[int, dict[str, str]]:
-        with self.db.session() as session:
-            return {ws: env_vars(session, ws) for ws in workspaces}
+            return {
+                ws: (env_vars(session, ws), self.vault.reveal(session, team, workspace_id=ws))
+                for ws, team in teams.items()
+            }
 
     async def _start(
         self,
         start: Start,
         run: ServiceRun,
-        secrets: Mapping[int, Mapping[str, str]],
-        env_of: Mapping[int, Mapping[str, str]],
+        workspace_env: Mapping[str, str],
+        secrets: Mapping[str, str],
     ) -> None:
         ws = run.key.workspace_id
         env = render_env(
             run.service,
             workspace_id=ws,
             team_id=run.team_id,
-            workspace_env=env_of.get(ws, {}),
-            vault=secrets.get(ws, {}),
+            workspace_env=workspace_env,
+            vault=secrets,
         )
         await self.runtime.start(
             ReplicaSpec(

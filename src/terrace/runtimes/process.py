@@ -1,16 +1,13 @@
 """The ``process`` runtime: each replica is a process tree in a bubblewrap sandbox.
 
-Per replica (see :mod:`terrace.runtimes.network` for the network):
+Per replica (see :mod:`terrace.runtimes.network` for the network, :mod:`.sandbox` for
+bubblewrap, :mod:`.records` for what survives the engine):
 
-- a record file ``$TERRACE_HOME/run/replicas/<id>.json``, written before anything is made, so
-  that after a crash at any point the next engine finds every piece and can remove it;
+- a record, written before anything is made;
 - cgroups (v1: pids, memory, cpu) ``terrace-<prefix>/<id>``: the plan's limits, and the list of
   every process of the replica however it daemonises, which stop() empties;
 - a network namespace linked to its landscape's router namespace;
-- ``bwrap``: its own PID, IPC and UTS namespaces, no capabilities, a new session, the host's
-  filesystem read-only with ``/tmp``, ``/run``, ``/root``, ``/home``, ``/var/lib`` and
-  ``$TERRACE_HOME`` hidden, the workspace read-write at ``/home/user/app`` and the landscape's
-  ``/etc/hosts``.
+- a bubblewrap sandbox.
 
 Replicas do not die with the engine: a restarted engine reads the records back
 (:meth:`ProcessRuntime.replicas`) and carries on. Without root, cgroups or the tools, replicas run
@@ -22,19 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
-import json
 import os
 import secrets
-import shlex
 import signal
 import socket
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from terrace.runtimes.base import (
     Endpoint,
@@ -44,85 +36,23 @@ from terrace.runtimes.base import (
     ReplicaSpec,
     RuntimeFailure,
 )
-from terrace.runtimes.linux import Cgroup, cgroups_available, missing_tools, socket_in
+from terrace.runtimes.linux import Cgroup, socket_in
 from terrace.runtimes.network import FIRST_REPLICA, LAST_INDEX, Networks, replica_address
+from terrace.runtimes.records import Record, Records, pid_start
+from terrace.runtimes.sandbox import (
+    PATH,
+    bwrap_command,
+    hostname,
+    installation_prefix,
+    resolv_conf,
+    sandbox_problems,
+)
+from terrace.spec.landscape import DEFAULT_PORT
 
 __all__ = ["ProcessRuntime", "http_ok", "sandbox_problems"]
 
-MOUNT = "/home/user/app"
-DEFAULT_PORT = 3000
-PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-HIDDEN = ("/run", "/root", "/home", "/var/lib", "/mnt", "/media", "/srv", "/opt/terrace")
-HIDDEN_FILES = ("/etc/shadow", "/etc/gshadow", "/etc/ssh")
 KILL_WAIT = 5.0
 POLL = 0.02
-
-
-def sandbox_problems() -> list[str]:
-    """Why replicas cannot be sandboxed on this machine (empty when they can)."""
-    problems = []
-    if os.geteuid() != 0:
-        problems.append("Terrace is not running as root")
-    if missing := missing_tools():
-        problems.append(
-            f"missing tools: {', '.join(missing)} (Debian: bubblewrap iproute2 nftables util-linux)"
-        )
-    if os.geteuid() == 0 and not cgroups_available():
-        problems.append("cgroup v1 controllers pids, memory and cpu are not writable")
-    return problems
-
-
-@dataclass(slots=True, kw_only=True)
-class _Record:
-    """What survives the engine: one replica, as on disk."""
-
-    id: str
-    kind: str
-    workspace_id: int
-    team_id: int
-    name: str
-    slot: int
-    revision: str
-    restarts: int
-    started_at: float
-    sandboxed: bool
-    index: int = 0
-    address: str = "127.0.0.1"
-    ports: dict[str, int] = field(default_factory=dict)
-    pid: int | None = None
-    pid_start: str | None = None
-    exit_code: int | None = None
-    last_exit: str | None = None
-
-    def replica(self, *, running: bool) -> Replica:
-        return Replica(
-            id=self.id,
-            kind=Kind(self.kind),
-            workspace_id=self.workspace_id,
-            name=self.name,
-            slot=self.slot,
-            revision=self.revision,
-            restarts=self.restarts,
-            started_at=self.started_at,
-            address=self.address,
-            ports={int(k): v for k, v in self.ports.items()},
-            running=running,
-            exit_code=self.exit_code,
-            last_exit=self.last_exit,
-        )
-
-
-def _pid_start(pid: int) -> str | None:
-    """The process's start time (field 22 of /proc/PID/stat): tells a reused pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def _hostname(workspace_id: int, name: str, slot: int) -> str:
-    return f"ws-server-{workspace_id}-{name}-{slot}"[:63]
 
 
 def _free_port() -> int:
@@ -143,11 +73,10 @@ class ProcessRuntime:
         on_exit: Callable[[str], None] | None = None,
     ) -> None:
         self.home = home.resolve()
-        digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:6]
-        self.prefix = f"tr{digest}"
+        self.prefix = installation_prefix(self.home)
         self.run_dir = self.home / "run"
         self.records = self.run_dir / "replicas"
-        self.records.mkdir(parents=True, exist_ok=True)
+        self._records = Records(self.records)
         self._problems = sandbox_problems() if sandbox is not False else ["switched off"]
         if sandbox and self._problems:
             raise RuntimeFailure("cannot sandbox replicas: " + "; ".join(self._problems))
@@ -157,7 +86,6 @@ class ProcessRuntime:
         self._children: dict[str, asyncio.subprocess.Process] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._balance: dict[tuple[int, str], itertools.cycle[tuple[str, Mapping[int, int]]]] = {}
-        self._cache: dict[str, _Record] = self._read_records()
 
     # --- what it is ---------------------------------------------------------------------------
 
@@ -176,64 +104,23 @@ class ProcessRuntime:
             "isolation, no resource limits and no service names"
         )
 
-    # --- records ------------------------------------------------------------------------------
-
-    def _path(self, replica_id: str) -> Path:
-        return self.records / f"{replica_id}.json"
-
-    def _save(self, record: _Record) -> None:
-        path = self._path(record.id)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(record)))
-        tmp.replace(path)
-        self._cache[record.id] = record
-
-    def _forget(self, replica_id: str) -> None:
-        self._path(replica_id).unlink(missing_ok=True)
-        self._cache.pop(replica_id, None)
-
-    def _load(self, replica_id: str) -> _Record | None:
-        return self._cache.get(replica_id)
-
-    def _all(self) -> list[_Record]:
-        return sorted(self._cache.values(), key=lambda r: r.id)
-
-    def _read_records(self) -> dict[str, _Record]:
-        """The records on disk: read once, when the runtime starts (one engine per home)."""
-        found = {}
-        for path in sorted(self.records.glob("*.json")):
-            try:
-                data: dict[str, Any] = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue  # a record torn by a crash mid-write is never renamed into place
-            found[path.stem] = _Record(**data)
-        return found
-
-    def _resolv_conf(self) -> Path:
-        # Replicas have no route to any DNS server: a resolver on their own loopback fails at
-        # once instead of waiting for a timeout on every unknown name.
-        path = self.run_dir / "resolv.conf"
-        if not path.exists():
-            path.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
-        return path
-
     def _cgroup(self, replica_id: str) -> Cgroup:
         return Cgroup(f"terrace-{self.prefix}/{replica_id}")
 
-    def _running(self, record: _Record) -> bool:
+    def _running(self, record: Record) -> bool:
         if record.sandboxed:
             return self._cgroup(record.id).alive()
         return (
             record.pid is not None
             and record.pid_start is not None
-            and _pid_start(record.pid) == record.pid_start
+            and pid_start(record.pid) == record.pid_start
         )
 
     # --- start --------------------------------------------------------------------------------
 
     async def start(self, spec: ReplicaSpec) -> Replica:
         replica_id = f"{spec.workspace_id}-{spec.name}-{spec.slot}-{secrets.token_hex(3)}"
-        record = _Record(
+        record = Record(
             id=replica_id,
             kind=spec.kind.value,
             workspace_id=spec.workspace_id,
@@ -251,13 +138,15 @@ class ProcessRuntime:
             record.ports = {str(p): p for p in spec.ports}
         else:
             record.ports = {str(p): _free_port() for p in spec.ports}
-        self._save(record)  # first: whatever happens next, the next engine knows to clean up
+        self._records.save(
+            record
+        )  # first: whatever happens next, the next engine knows to clean up
         try:
             if self._sandboxed:
                 await self.networks.ensure_landscape(spec.workspace_id)
                 self._cgroup(replica_id).create(spec.limits)
                 record.address = replica_address(record.index)
-                self._save(record)
+                self._records.save(record)
                 self._write_hosts(spec.workspace_id)
                 await self.networks.attach(spec.workspace_id, replica_id, record.index)
             argv, cwd = self._argv(spec, record)
@@ -283,8 +172,8 @@ class ProcessRuntime:
             with contextlib.suppress(Exception):
                 await self.stop(replica_id, grace=0)
             raise
-        record.pid, record.pid_start = proc.pid, _pid_start(proc.pid)
-        self._save(record)
+        record.pid, record.pid_start = proc.pid, pid_start(proc.pid)
+        self._records.save(record)
         self._children[replica_id] = proc
         self._watchers[replica_id] = asyncio.create_task(self._watch(replica_id, proc))
         if self._sandboxed:
@@ -295,23 +184,25 @@ class ProcessRuntime:
         return record.replica(running=self._running(record))
 
     def _free_index(self, workspace_id: int) -> int:
-        used = {r.index for r in self._all() if r.workspace_id == workspace_id and r.sandboxed}
+        used = {
+            r.index for r in self._records.all() if r.workspace_id == workspace_id and r.sandboxed
+        }
         for index in range(FIRST_REPLICA, LAST_INDEX + 1):
             if index not in used:
                 return index
         raise RuntimeFailure(f"workspace {workspace_id} has no free replica address left")
 
     def _write_hosts(self, workspace_id: int) -> None:
-        records = [r for r in self._all() if r.workspace_id == workspace_id and r.sandboxed]
+        records = [r for r in self._records.all() if r.workspace_id == workspace_id and r.sandboxed]
         names = {r.name for r in records if r.kind == Kind.SERVICE.value}
         services = self.networks.service_addresses(workspace_id, names)
         self.networks.write_hosts(
             workspace_id,
             services,
-            {_hostname(r.workspace_id, r.name, r.slot): r.address for r in records},
+            {hostname(r.workspace_id, r.name, r.slot): r.address for r in records},
         )
 
-    def _env(self, spec: ReplicaSpec, record: _Record) -> dict[str, str]:
+    def _env(self, spec: ReplicaSpec, record: Record) -> dict[str, str]:
         first = spec.ports[0] if spec.ports else DEFAULT_PORT
         port = record.ports.get(str(first), first)
         return {
@@ -322,92 +213,49 @@ class ProcessRuntime:
             "PORT": str(port),
             "WORKSPACE_ID": str(spec.workspace_id),
             "TEAM_ID": str(spec.team_id),
-            "HOSTNAME": _hostname(spec.workspace_id, spec.name, spec.slot),
+            "HOSTNAME": hostname(spec.workspace_id, spec.name, spec.slot),
         }
 
-    def _argv(self, spec: ReplicaSpec, record: _Record) -> tuple[list[str], str]:
-        sub = (spec.sub_path or "").strip("/")
+    def _argv(self, spec: ReplicaSpec, record: Record) -> tuple[list[str], str]:
         if not self._sandboxed:
-            cwd = spec.workspace / sub if sub else spec.workspace
-            return ["sh", "-c", spec.script], str(cwd)
-        bwrap = [
-            "bwrap",
-            "--unshare-pid",
-            "--unshare-ipc",
-            "--unshare-uts",
-            "--unshare-cgroup-try",
-            "--hostname",
-            _hostname(spec.workspace_id, spec.name, spec.slot),
-            "--cap-drop",
-            "ALL",
-            "--new-session",
-            "--ro-bind",
-            "/",
-            "/",
-            "--dev",
-            "/dev",
-            "--proc",
-            "/proc",
-            "--tmpfs",
-            "/tmp",
-        ]
-        for hidden in (*HIDDEN, str(self.home)):
-            if Path(hidden).is_dir():
-                bwrap += ["--tmpfs", hidden]
-        for hidden in HIDDEN_FILES:
-            if Path(hidden).is_dir():
-                bwrap += ["--tmpfs", hidden]
-            elif Path(hidden).exists():
-                bwrap += ["--ro-bind", "/dev/null", hidden]
-        bwrap += [
-            "--bind",
-            str(spec.workspace),
-            MOUNT,
-            "--ro-bind",
-            str(self.networks.hosts_file(spec.workspace_id)),
-            "/etc/hosts",
-            "--ro-bind",
-            str(self._resolv_conf()),
-            "/etc/resolv.conf",
-            "--chdir",
-            f"{MOUNT}/{sub}" if sub else MOUNT,
-            "--",
-            "sh",
-            "-c",
-            spec.script,
-        ]
-        netns = self.networks.path(self.networks.replica_ns(record.id))
-        # The shell joins the replica's cgroups before anything of the replica runs, then
-        # becomes nsenter (network namespace), which becomes bwrap.
-        join = " && ".join(
-            f"echo $$ > {shlex.quote(str(f))}" for f in self._cgroup(record.id).procs_files()
+            sub = (spec.sub_path or "").strip("/")
+            return ["sh", "-c", spec.script], str(spec.workspace / sub if sub else spec.workspace)
+        argv = bwrap_command(
+            script=spec.script,
+            host=hostname(spec.workspace_id, spec.name, spec.slot),
+            workspace=spec.workspace,
+            sub_path=spec.sub_path,
+            home=self.home,
+            hosts=self.networks.hosts_file(spec.workspace_id),
+            resolv=resolv_conf(self.run_dir),
+            netns=self.networks.path(self.networks.replica_ns(record.id)),
+            cgroup_procs=self._cgroup(record.id).procs_files(),
         )
-        argv = ["sh", "-c", f'{join} && exec "$@"', "sh", "nsenter", f"--net={netns}", "--", *bwrap]
         return argv, "/"
 
     async def _watch(self, replica_id: str, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
-        if record := self._load(replica_id):
+        if record := self._records.get(replica_id):
             record.exit_code = code
-            self._save(record)
+            self._records.save(record)
         if self.on_exit is not None:
             self.on_exit(replica_id)
 
     # --- look ---------------------------------------------------------------------------------
 
     async def replicas(self) -> list[Replica]:
-        return [r.replica(running=self._running(r)) for r in self._all()]
+        return [r.replica(running=self._running(r)) for r in self._records.all()]
 
     async def wait(self, replica_id: str) -> int | None:
         watcher = self._watchers.get(replica_id)
         if watcher is None:
             return None
         await asyncio.shield(watcher)
-        record = self._load(replica_id)
+        record = self._records.get(replica_id)
         return None if record is None else record.exit_code
 
     async def probe(self, replica_id: str, probe: Probe, *, timeout: float = 2.0) -> bool:
-        record = self._load(replica_id)
+        record = self._records.get(replica_id)
         if record is None:
             return False
         port = record.ports.get(str(probe.port), probe.port)
@@ -430,7 +278,7 @@ class ProcessRuntime:
     # --- stop ---------------------------------------------------------------------------------
 
     async def stop(self, replica_id: str, *, grace: float = 10.0) -> None:
-        record = self._load(replica_id)
+        record = self._records.get(replica_id)
         if record is None:
             return
         child = self._children.pop(replica_id, None)
@@ -441,7 +289,7 @@ class ProcessRuntime:
                 await self._stop_session(child.pid, 0)
             await self.networks.detach(replica_id)
             await self._cgroup(replica_id).remove()
-        elif record.pid is not None and _pid_start(record.pid) in (None, record.pid_start):
+        elif record.pid is not None and pid_start(record.pid) in (None, record.pid_start):
             # The session, even if its leader (the shell) is gone; unless the pid now belongs
             # to another process.
             await self._stop_session(record.pid, grace)
@@ -450,7 +298,7 @@ class ProcessRuntime:
         watcher = self._watchers.pop(replica_id, None)
         if watcher is not None:
             await asyncio.shield(watcher)
-        self._forget(replica_id)
+        self._records.forget(replica_id)
         if record.sandboxed and self.networks.hosts_file(record.workspace_id).exists():
             self._write_hosts(record.workspace_id)
 
@@ -491,7 +339,7 @@ class ProcessRuntime:
     # --- networking ---------------------------------------------------------------------------
 
     async def publish(self, workspace_id: int, endpoints: Mapping[str, Endpoint]) -> None:
-        records = {r.id: r for r in self._all()}
+        records = {r.id: r for r in self._records.all()}
         if self._sandboxed:
             await self.networks.ensure_landscape(workspace_id)
             await self.networks.publish(
@@ -527,7 +375,7 @@ class ProcessRuntime:
         return await _open_in(ns, address, port)
 
     async def landscapes(self) -> set[int]:
-        found = {r.workspace_id for r in self._all()} | {ws for ws, _ in self._balance}
+        found = {r.workspace_id for r in self._records.all()} | {ws for ws, _ in self._balance}
         marker = f"{self.prefix}-w"
         for ns in self.networks.namespaces():
             if ns.startswith(marker) and ns[len(marker) :].isdigit():
@@ -535,7 +383,7 @@ class ProcessRuntime:
         return found
 
     async def forget_landscape(self, workspace_id: int) -> None:
-        if any(r.workspace_id == workspace_id for r in self._all()):
+        if any(r.workspace_id == workspace_id for r in self._records.all()):
             return
         self._balance = {k: v for k, v in self._balance.items() if k[0] != workspace_id}
         if self._sandboxed:
@@ -548,7 +396,7 @@ class ProcessRuntime:
         process in them). Returns what it removed."""
         if not self._sandboxed:
             return []
-        known = {r.id for r in self._all()}
+        known = {r.id for r in self._records.all()}
         removed = []
         for ns in self.networks.namespaces():
             replica = ns.removeprefix(f"{self.prefix}-r-")
