@@ -128,6 +128,9 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/workspaces/{workspaceId}/logs/run/{service}/replica/{replica}"): Rule(
         Access.TEAM_VIEWER, 200
     ),
+    ("GET", "/api/workspaces/{workspaceId}/domains"): Rule(Access.TEAM_VIEWER, 200),
+    ("PUT", "/api/workspaces/{workspaceId}/domains/{domain}"): Rule(Access.TEAM_DEVELOPER, 204),
+    ("DELETE", "/api/workspaces/{workspaceId}/domains/{domain}"): Rule(Access.TEAM_DEVELOPER, 204),
     ("GET", "/api/vault/teams/{teamId}/secrets"): Rule(Access.TEAM_VIEWER, 200),
     ("PUT", "/api/vault/teams/{teamId}/secrets/{name}"): Rule(
         Access.TEAM_DEVELOPER, 200, lambda w: {"value": "s3cret"}
@@ -258,6 +261,7 @@ class Matrix:
             "step": 0,
             "service": "web",
             "replica": 0,
+            "domain": "shop.example.com",
         }
         return re.sub(r"\{(\w+)\}", lambda m: str(values[m.group(1)]), path)
 

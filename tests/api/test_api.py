@@ -359,3 +359,29 @@ def test_a_stopped_server_leaves_no_discovery_file(tmp_path: Path) -> None:
     assert server.process.returncode in (0, -signal.SIGTERM)
     assert not marker.exists()
     assert "Traceback" not in server.log_text()
+
+
+def test_custom_domains(developer: httpx.Client, admin: httpx.Client, team: int) -> None:
+    def workspace(name: str) -> int:
+        body = {"teamId": team, "name": _name(name), "path": str(EXAMPLES / "01-hello")}
+        ws: int = admin.post("/workspaces", json=body).json()["id"]
+        return ws
+
+    one, two = workspace("one"), workspace("two")
+    domain = _name("shop") + ".example.com"
+    assert developer.get(f"/workspaces/{one}/domains").json() == []
+    assert developer.put(f"/workspaces/{one}/domains/{domain.upper()}").status_code == 204
+    assert developer.put(f"/workspaces/{one}/domains/{domain}").status_code == 204  # again
+    assert developer.get(f"/workspaces/{one}/domains").json() == [domain]
+    taken = developer.put(f"/workspaces/{two}/domains/{domain}")
+    assert taken.status_code == 409
+    assert domain in taken.json()["detail"]
+    for bad in ("nodot", "under_score.example.com", "12-3000.localhost", "1.2.3.4"):
+        refused = developer.put(f"/workspaces/{two}/domains/{bad}")
+        assert refused.status_code == 422, bad
+        assert bad in refused.json()["detail"]
+    assert developer.delete(f"/workspaces/{one}/domains/{domain}").status_code == 204
+    assert developer.delete(f"/workspaces/{one}/domains/{domain}").status_code == 204
+    assert developer.put(f"/workspaces/{two}/domains/{domain}").status_code == 204
+    assert developer.get(f"/workspaces/{one}/domains").json() == []
+    assert developer.get(f"/workspaces/{two}/domains").json() == [domain]

@@ -7,7 +7,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from terrace.engine.planner import Backoff, Plan, Start, Stop, plan
+from terrace.engine.planner import Backoff, Plan, Start, Stop, failed_rollouts, plan
 from terrace.engine.state import DesiredService, ObservedReplica, Phase, ServiceKey
 
 WEB = ServiceKey(1, "web")
@@ -152,3 +152,22 @@ def test_any_state_converges_to_exactly_the_desired_replicas(
     expected = sorted((d.key, slot, d.revision) for d in desired for slot in range(d.replicas))
     assert sorted((r.key, r.slot, r.revision) for r in state) == expected
     assert all(r.phase is Phase.HEALTHY for r in state)
+
+
+def test_a_rollout_that_keeps_failing_is_given_up_while_the_old_revision_serves() -> None:
+    old = replica(revision="r1", phase=Phase.HEALTHY)
+    wanted = [want(revision="r2")]
+    # Two failures of r2: not yet (the back-off restarts it).
+    second = replica(revision="r2", phase=Phase.EXITED, restarts=1)
+    assert failed_rollouts(wanted, [old, second]) == []
+    third = replica(revision="r2", phase=Phase.EXITED, restarts=2)
+    assert failed_rollouts(wanted, [old, third]) == [third]
+    # Unhealthy (never healthy in time, or failing checks) counts at once.
+    stuck = replica(revision="r2", phase=Phase.UNHEALTHY)
+    assert failed_rollouts(wanted, [old, stuck]) == [stuck]
+    # Nothing old serves (a first deploy, or the old one died too): keep restarting.
+    assert failed_rollouts(wanted, [third]) == []
+    assert failed_rollouts(wanted, [replace(old, phase=Phase.EXITED), third]) == []
+    # A healthy new revision is no failure; nor is a service no longer desired.
+    assert failed_rollouts(wanted, [old, replica(revision="r2")]) == []
+    assert failed_rollouts([], [old, third]) == []

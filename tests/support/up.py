@@ -138,8 +138,8 @@ class Installation:
         return sorted(d.name for d in parent.iterdir() if d.is_dir()) if parent.exists() else []
 
     def processes(self) -> list[int]:
-        """Live processes of the installation's replicas: in its cgroups, or sandboxes of its
-        workspace folder (bwrap's command line binds it)."""
+        """Live processes of the installation's replicas (in its cgroups, or sandboxes of its
+        workspace folder: bwrap's command line binds it) and of its router (HAProxy)."""
         mark = f"terrace-{installation_prefix(self.home)}/"
         found = []
         for entry in os.listdir("/proc"):
@@ -153,7 +153,11 @@ class Installation:
                 cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
             except OSError:
                 continue
-            if mark in cgroup or f"--bind {self.folder} ".encode() in cmdline:
+            if (
+                mark in cgroup
+                or f"--bind {self.folder} ".encode() in cmdline
+                or (b"haproxy" in cmdline and f"{self.home}/".encode() in cmdline)
+            ):
                 found.append(int(entry))
         return found
 

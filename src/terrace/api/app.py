@@ -9,7 +9,7 @@ from fastapi.openapi.utils import get_openapi
 from sqlalchemy import text
 
 from terrace import __version__
-from terrace.api import landscape, problems, teams, users, vault, workspaces
+from terrace.api import domains, landscape, problems, teams, users, vault, workspaces
 from terrace.api.context import AppContext, context
 from terrace.api.models import Health
 
@@ -34,7 +34,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     )
     app.state.terrace = ctx
     problems.install(app)
-    for module in (users, teams, workspaces, landscape, vault):
+    for module in (users, teams, workspaces, landscape, domains, vault):
         app.include_router(module.router, prefix=PREFIX)
 
     @app.get(f"{PREFIX}/health", tags=["meta"], summary="Is the API up, and its store reachable")

@@ -17,6 +17,7 @@ from terrace.store.tables import Workspace
 from terrace.vault import Vault, load_master_key
 
 if TYPE_CHECKING:
+    from terrace.api.edge import Edge
     from terrace.engine.reconciler import Engine
 
 __all__ = ["AppContext", "context"]
@@ -30,6 +31,8 @@ class AppContext:
     engine: Engine | None = None
     """The engine in this process (``terrace up``, ``terrace server``); None in an API-only
     process, where deploys are stored for an engine elsewhere to carry out."""
+    edge: Edge | None = None
+    """The public router in this process (``terrace up``; ``terrace server --router-port``)."""
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> AppContext:

@@ -34,7 +34,7 @@ from terrace.sources.local import read_landscape
 from terrace.spec.landscape_parser import parse_landscape
 from terrace.spec.names import DNS_LABEL, PROFILE
 from terrace.store.roles import Role
-from terrace.store.tables import StageRun
+from terrace.store.tables import Deployment, StageRun
 from terrace.store.workspaces import env_vars
 
 __all__ = ["router"]
@@ -85,7 +85,17 @@ class ServiceStatus(Model):
     """The revision the engine converges to: ``healthy`` counts only replicas of it."""
     replicas: int
     healthy: int
+    asleep: bool = False
+    """Stopped after ``sleepAfter`` without a request; the next request wakes it."""
     instances: list[ReplicaOut]
+
+
+class RollbackOut(Model):
+    """A deployment whose rollout failed and was undone (the previous one serves)."""
+
+    deployment: int
+    created_at: datetime
+    reason: str
 
 
 class StageStatus(Model):
@@ -95,6 +105,10 @@ class StageStatus(Model):
     profile: str | None = None
     steps: list[StepOut] = Field(default_factory=list)
     services: list[ServiceStatus] = Field(default_factory=list)
+    deployment: int | None = None
+    """The active deployment (run)."""
+    rollback: RollbackOut | None = None
+    """The last deploy made after the active one, if its rollout failed and was undone."""
     engine: bool = True
     sandboxed: bool | None = None
 
@@ -307,7 +321,19 @@ def _status(request: Request, caller: CurrentCaller, workspace_id: int, stage: s
             vault=ctx.vault,
             plans=_plans(ctx),
         )
+        failed = session.scalar(
+            select(Deployment)
+            .where(Deployment.workspace_id == workspace_id, Deployment.id > deployment.id)
+            .order_by(Deployment.id.desc())
+            .limit(1)
+        )
+        rollback = None
+        if failed is not None and failed.failure is not None:
+            rollback = RollbackOut(
+                deployment=failed.id, created_at=failed.created_at, reason=failed.failure
+            )
     replicas = [] if engine is None else engine.status.get(workspace_id, [])
+    asleep = set() if engine is None else engine.asleep
     services = []
     for service in runs:
         name = service.key.service
@@ -318,6 +344,7 @@ def _status(request: Request, caller: CurrentCaller, workspace_id: int, stage: s
                 revision=service.revision,
                 replicas=service.replicas,
                 healthy=sum(r.state == "healthy" and r.revision == service.revision for r in mine),
+                asleep=service.key in asleep,
                 instances=[
                     ReplicaOut(
                         slot=r.slot,
@@ -336,6 +363,8 @@ def _status(request: Request, caller: CurrentCaller, workspace_id: int, stage: s
         state="deployed",
         profile=deployment.profile,
         services=services,
+        deployment=deployment.id,
+        rollback=rollback,
         engine=engine is not None,
         sandboxed=sandboxed,
     )

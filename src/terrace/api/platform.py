@@ -17,6 +17,7 @@ import uvicorn
 
 from terrace.api.app import create_app
 from terrace.api.context import AppContext
+from terrace.api.edge import Edge, EdgeSettings
 from terrace.engine.plans import load_plans
 from terrace.engine.reconciler import Engine
 from terrace.runtimes.process import ProcessRuntime
@@ -38,19 +39,34 @@ class _Server(uvicorn.Server):
         yield
 
 
-def make_engine(ctx: AppContext, *, sandbox: bool | None = None) -> AppContext:
-    """The context with an engine over this machine's process runtime."""
+def make_engine(
+    ctx: AppContext, *, sandbox: bool | None = None, edge: EdgeSettings | None = None
+) -> AppContext:
+    """The context with an engine over this machine's process runtime, and with ``edge``, a
+    public router it keeps up to date."""
     engine: Engine | None = None
 
     def exited(_replica_id: str) -> None:
         if engine is not None:
             engine.poke()
 
+    def wake(workspace_id: int, service: str) -> None:
+        if engine is not None:
+            engine.wake(workspace_id, service)
+
+    router = None
+    if edge is not None:
+        router = Edge(edge, state_dir=ctx.home / "run" / "router", wake=wake)
     runtime = ProcessRuntime(ctx.home, sandbox=sandbox, on_exit=exited)
     engine = Engine(
-        db=ctx.db, vault=ctx.vault, runtime=runtime, home=ctx.home, plans=load_plans(ctx.home)
+        db=ctx.db,
+        vault=ctx.vault,
+        runtime=runtime,
+        home=ctx.home,
+        plans=load_plans(ctx.home),
+        traffic=router,
     )
-    return replace(ctx, engine=engine)
+    return replace(ctx, engine=engine, edge=router)
 
 
 async def run_platform(
@@ -74,6 +90,8 @@ async def run_platform(
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    if ctx.edge is not None:
+        await ctx.edge.start()
     background = [asyncio.create_task(server.serve(sockets=[sock]))]
     engine = ctx.engine
     if engine is not None:
@@ -107,6 +125,8 @@ async def run_platform(
         if engine is not None:
             await engine.stop_everything()
             await engine.runtime.close()
+        if ctx.edge is not None:
+            await ctx.edge.close()
 
 
 async def _first(tasks: set[_Task]) -> set[_Task]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from terrace.api.bootstrap import bootstrap
 from terrace.api.context import AppContext
+from terrace.api.edge import EdgeSettings
 from terrace.api.platform import OnReady, make_engine, run_platform
 from terrace.store.home import DEFAULT_API_PORT, discovery_file
 
@@ -28,14 +29,15 @@ def serve(
     port: int = DEFAULT_API_PORT,
     environ: Mapping[str, str] | None = None,
     engine: bool = True,
+    edge: EdgeSettings | None = None,
     on_ready: OnReady | None = None,
     log_level: str = "info",
 ) -> None:
-    """Run the API (and the engine) until SIGINT or SIGTERM; ``on_ready`` runs once all serve
-    (``terrace up`` deploys its folder there)."""
+    """Run the API (and the engine, and with ``edge`` the public router) until SIGINT or
+    SIGTERM; ``on_ready`` runs once all serve (``terrace up`` deploys its folder there)."""
     ctx, sock, _url = start(host=host, port=port, environ=environ)
     if engine:
-        ctx = make_engine(ctx)
+        ctx = make_engine(ctx, edge=edge)
     marker = discovery_file(ctx.home)
     try:
         asyncio.run(run_platform(ctx, sock, on_ready=on_ready, log_level=log_level))

@@ -171,10 +171,13 @@ def _print_run(status: dict[str, Any]) -> None:
     for service in status["services"]:
         rows += [{"service": service["name"], **i} for i in service["instances"]]
         if not service["instances"]:
-            rows.append({"service": service["name"], "state": "no replica"})
+            state = "asleep (the next request wakes it)" if service.get("asleep") else "no replica"
+            rows.append({"service": service["name"], "state": state})
     print_table(rows, REPLICA_FIELDS, empty="No services that run replicas.")
     for service in status["services"]:
         say(f"{service['name']}: {service['healthy']}/{service['replicas']} healthy")
+    if rollback := status.get("rollback"):
+        say(f"Deployment {rollback['deployment']} was rolled back: {rollback['reason']}")
     if not status.get("engine", True):
         say("This API server runs no engine: replica states are known only to the engine's.")
 

@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Hashable
 from pathlib import Path
-from typing import cast
 
 from rich.console import Console
 from rich.live import Live
@@ -18,10 +16,11 @@ from sqlalchemy import select
 from terrace.api.context import AppContext
 from terrace.engine.deploy import deploy
 from terrace.engine.pipeline import StepPlan, step_log
-from terrace.engine.reconciler import Engine, PassReport
+from terrace.engine.reconciler import Engine
 from terrace.errors import SpecError, TerraceError
-from terrace.router.minimal import MinimalRouter, Route
+from terrace.router.landscapes import host_for
 from terrace.sources.local import read_landscape
+from terrace.spec.landscape import DEFAULT_PORT
 from terrace.store.tables import StageRun, Team, User, Workspace
 from terrace.store.tenancy import create_team
 from terrace.store.workspaces import add_workspace, env_vars
@@ -49,15 +48,13 @@ class Up:
                 "terrace up: the platform runs; deploy with the API or the CLI. Ctrl-C stops."
             )
             return
+        edge = ctx.edge
+        if edge is None:
+            raise UpFailed("terrace up needs the router")
         workspace_id, team_id = await asyncio.to_thread(_local_workspace, ctx, self.folder)
         out.print(f"workspace {workspace_id} (team {team_id}): {self.folder}")
-
-        async def connect(upstream: Hashable) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-            ws, service, service_port = cast(tuple[int, str, int], upstream)
-            return await engine.runtime.connect(ws, service, service_port)
-
-        router = MinimalRouter(connect)
-        await router.start("127.0.0.1", self.port)
+        out.print(f"router: {edge.plane.name} on 127.0.0.1:{edge.port}")
+        await edge.set_default_workspace(workspace_id)
         stages = ["prepare", "test"] if self.run_tests else ["prepare"]
         for stage in stages:
             await _run_stage(
@@ -72,10 +69,11 @@ class Up:
             )
         routes = await asyncio.to_thread(_deploy, ctx, engine, workspace_id, self.profile)
         engine.poke()
-        _keep_routes(engine, router, workspace_id)
         await _show_progress(engine, out, workspace_id)
         for path, service in routes:
-            out.print(f"  {service:<16} http://127.0.0.1:{self.port}{path}")
+            out.print(f"  {service:<16} http://127.0.0.1:{edge.port}{path}")
+        host = host_for(workspace_id, DEFAULT_PORT, edge.settings.domain)
+        out.print(f"  (also at http://{host}:{edge.port}/)")
         out.print("serving; Ctrl-C stops everything")
 
 
@@ -198,22 +196,6 @@ def _deploy(
         problems = "\n".join(f"  {p}" for p in exc.problems)
         raise UpFailed(f"the landscape cannot be deployed:\n{problems}") from None
     return [(p.path, name) for name, s in landscape.services.items() for p in s.network.paths]
-
-
-def _keep_routes(engine: Engine, router: MinimalRouter, workspace_id: int) -> None:
-    shown: list[tuple[object, ...]] = []
-
-    def update(_report: PassReport) -> None:
-        routes = [r for r in engine.routes if r.workspace_id == workspace_id]
-        key = [(r.path, r.service, r.port, r.strip) for r in routes]
-        if key != shown:
-            shown[:] = key
-            router.set_routes(
-                Route(r.path.rstrip("/") or "/", (workspace_id, r.service, r.port), r.strip)
-                for r in routes
-            )
-
-    engine.on_pass.append(update)
 
 
 async def _show_progress(engine: Engine, out: Console, workspace_id: int) -> None:

@@ -22,13 +22,36 @@ def server(
             "PostgreSQL, whose deploys an engine elsewhere carries out."
         ),
     ] = True,
+    router_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve deployed landscapes on this port (at <workspace>-<port>.<domain> and "
+            "/_ws/<workspace>-<port>/); without it, no public router runs here."
+        ),
+    ] = None,
+    router_host: Annotated[
+        str, typer.Option(help="The address the public router listens on.")
+    ] = "127.0.0.1",
+    router: Annotated[
+        str | None,
+        typer.Option(
+            help="The router's data plane: haproxy or builtin (default: haproxy when installed)."
+        ),
+    ] = None,
+    domain: Annotated[
+        str, typer.Option(envvar="TERRACE_DOMAIN", help="Landscapes' hosts end in this domain.")
+    ] = "localhost",
 ) -> None:
     """Serve the REST API under /api and run the engine (state in $TERRACE_HOME or
     TERRACE_DATABASE_URL)."""
-    from terrace.api.server import serve  # noqa: PLC0415 - the API stack loads only for `server`
+    from terrace.api.edge import EdgeSettings  # noqa: PLC0415 - loads only for `server`
+    from terrace.api.server import serve  # noqa: PLC0415
 
+    edge = None
+    if router_port is not None and engine:
+        edge = EdgeSettings(host=router_host, port=router_port, plane=router, domain=domain)
     try:
-        serve(host=host, port=port, engine=engine)
-    except (TerraceError, OSError) as exc:
+        serve(host=host, port=port, engine=engine, edge=edge)
+    except (TerraceError, OSError, ValueError) as exc:
         typer.echo(f"terrace server: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -38,16 +38,33 @@ def up(
     skip_tests: Annotated[
         bool, typer.Option("--skip-tests", help="Do not run the test stage before deploying.")
     ] = False,
+    router: Annotated[
+        str | None,
+        typer.Option(
+            help="The router's data plane: haproxy or builtin (default: haproxy when installed)."
+        ),
+    ] = None,
+    domain: Annotated[
+        str, typer.Option(envvar="TERRACE_DOMAIN", help="Landscapes' hosts end in this domain.")
+    ] = "localhost",
 ) -> None:
     """Run the API, the engine and the router here; deploy FOLDER's landscape and serve it."""
     # The platform loads only for `up`: other commands stay quick to start.
+    from terrace.api.edge import EdgeSettings  # noqa: PLC0415
     from terrace.api.server import serve  # noqa: PLC0415
     from terrace.cli.landscape_up import Up  # noqa: PLC0415
 
     runner = Up(folder, profile=profile, port=port, run_tests=not skip_tests)
+    edge = EdgeSettings(host="127.0.0.1", port=port, plane=router, domain=domain)
     try:
-        serve(host="127.0.0.1", port=api_port, on_ready=runner.ready, log_level="warning")
-    except (TerraceError, OSError) as exc:
+        serve(
+            host="127.0.0.1",
+            port=api_port,
+            edge=edge,
+            on_ready=runner.ready,
+            log_level="warning",
+        )
+    except (TerraceError, OSError, ValueError) as exc:
         typer.echo(f"terrace up: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo("terrace up: stopped; every replica was stopped")

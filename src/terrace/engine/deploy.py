@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from terrace.engine.checks import require_deployable
@@ -29,6 +29,7 @@ __all__ = [
     "active_deployment",
     "deploy",
     "deployed_runs",
+    "roll_back",
     "scale",
     "teardown",
 ]
@@ -71,11 +72,9 @@ def deploy(
         env=env_vars(session, workspace.id),
         plans=plans,
     )
-    session.execute(
-        update(Deployment)
-        .where(Deployment.workspace_id == workspace.id, Deployment.active.is_(True))
-        .values(active=False)
-    )
+    previous = active_deployment(session, workspace.id)
+    if previous is not None:
+        previous.active = False
     row = Deployment(
         workspace_id=workspace.id,
         profile=landscape.profile,
@@ -84,10 +83,27 @@ def deploy(
         replicas="{}",
         active=True,
         created_by=user_id,
+        replaces_id=None if previous is None else previous.id,
     )
     session.add(row)
     session.flush()
     return row, landscape
+
+
+def roll_back(session: Session, workspace: Workspace, deployment_id: int, reason: str) -> bool:
+    """Deployment ``deployment_id`` failed its rollout: make the one it replaced the desired
+    state again, and keep ``reason``. False (and nothing changed) when it is no longer the
+    active one, or replaced nothing that still exists."""
+    _lock(session, workspace)
+    row = active_deployment(session, workspace.id)
+    if row is None or row.id != deployment_id or row.replaces_id is None:
+        return False
+    previous = session.get(Deployment, row.replaces_id)
+    if previous is None or previous.workspace_id != workspace.id:
+        return False
+    row.active, row.failure = False, reason
+    previous.active = True
+    return True
 
 
 def scale(session: Session, workspace: Workspace, replicas: Mapping[str, int]) -> Deployment:

@@ -13,6 +13,9 @@ Per service slot the rules are:
   one with the restart count raised; until then, say when to look again;
 - more replicas than one of each kind (after a crash mid-plan): keep the best, stop the rest;
 - slots beyond ``replicas`` and services no longer desired: stop.
+
+:func:`failed_rollouts` says when a new revision should be given up on: it keeps failing while
+the old one still serves (the engine then makes the previous deployment desired again).
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ from dataclasses import dataclass
 
 from terrace.engine.state import DesiredService, ObservedReplica, Phase, ServiceKey
 
-__all__ = ["Backoff", "Plan", "Start", "Stop", "plan"]
+__all__ = ["ROLLBACK_AFTER", "Backoff", "Plan", "Start", "Stop", "failed_rollouts", "plan"]
+
+ROLLBACK_AFTER = 3
+"""Failures of a new revision (exits, or failed health) after which its rollout is undone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,3 +146,40 @@ def _plan_slot(
         return stops, None, due
     stops.append(Stop(current.id, f"{want.key} slot {slot} {current.phase.value}: restarting"))
     return stops, Start(want.key, slot, want.revision, current.restarts + 1), None
+
+
+def failed_rollouts(
+    desired: Iterable[DesiredService],
+    observed: Iterable[ObservedReplica],
+    *,
+    failures: int = ROLLBACK_AFTER,
+) -> list[ObservedReplica]:
+    """Per service being rolled out, a replica of its new revision showing that the rollout
+    failed: it has failed ``failures`` times (its slot's restarts count the earlier ones) or
+    is unhealthy, while a replica of another revision is still healthy. A first deploy (no
+    other revision) never fails this way: it keeps restarting with back-off instead."""
+    wanted = {d.key: d for d in desired}
+    by_key: dict[ServiceKey, list[ObservedReplica]] = defaultdict(list)
+    for replica in observed:
+        if replica.key in wanted:
+            by_key[replica.key].append(replica)
+    found = []
+    for key in sorted(by_key):
+        replicas = by_key[key]
+        revision = wanted[key].revision
+        serving = any(r.revision != revision and r.phase is Phase.HEALTHY for r in replicas)
+        failing = sorted(
+            (
+                r
+                for r in replicas
+                if r.revision == revision
+                and (
+                    r.phase is Phase.UNHEALTHY
+                    or (r.phase is Phase.EXITED and r.restarts >= failures - 1)
+                )
+            ),
+            key=lambda r: (r.slot, r.id),
+        )
+        if serving and failing:
+            found.append(failing[0])
+    return found

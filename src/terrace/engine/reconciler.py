@@ -11,22 +11,23 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sqlalchemy import select
 
-from terrace.engine.deploy import deployed_runs
+from terrace.engine.deploy import deployed_runs, roll_back
 from terrace.engine.desired import ServiceRun, render_env
 from terrace.engine.pipeline import Pipeline
-from terrace.engine.planner import Backoff, Plan, Start, plan
+from terrace.engine.planner import Backoff, Plan, Start, failed_rollouts, plan
 from terrace.engine.plans import PlanTable
-from terrace.engine.state import ObservedReplica, Phase, ServiceKey
+from terrace.engine.state import DesiredService, ObservedReplica, Phase, ServiceKey
+from terrace.engine.traffic import Served, Traffic
 from terrace.runtimes.base import Endpoint, Kind, Replica, ReplicaSpec, Runtime
 from terrace.spec.landscape import Landscape
 from terrace.spec.landscape_parser import parse_landscape
 from terrace.store.db import Database
-from terrace.store.tables import Deployment, Workspace
+from terrace.store.tables import Deployment, Domain, Workspace
 from terrace.store.workspaces import env_vars
 from terrace.vault import Vault
 
@@ -36,6 +37,8 @@ log = logging.getLogger("terrace.engine")
 
 UNHEALTHY_AFTER = 3
 """Consecutive failed checks that make a healthy replica unhealthy."""
+IDLE_CHECK_INTERVAL = 1.0
+"""How often the router is asked how long each service has been idle (for ``sleepAfter``)."""
 
 
 def logs_dir(home: Path, workspace_id: int) -> Path:
@@ -108,6 +111,10 @@ class _Desired:
     runs: list[ServiceRun] = field(default_factory=list)
     routes: list[Route] = field(default_factory=list)
     workspaces: set[int] = field(default_factory=set)
+    landscapes: dict[int, Landscape] = field(default_factory=dict)
+    deployments: dict[int, int] = field(default_factory=dict)
+    """Per workspace, its active deployment's id."""
+    domains: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
 
 class Engine:
@@ -126,6 +133,8 @@ class Engine:
         startup_timeout: float = 120.0,
         grace: float = 10.0,
         poll_interval: float = 2.0,
+        traffic: Traffic | None = None,
+        drain_timeout: float = 30.0,
     ) -> None:
         self.db, self.vault, self.runtime, self.home, self.plans = db, vault, runtime, home, plans
         self.backoff = backoff or Backoff()
@@ -133,7 +142,15 @@ class Engine:
         self.startup_timeout = startup_timeout
         self.grace = grace
         self.poll_interval = poll_interval
+        self.traffic = traffic
+        self.drain_timeout = drain_timeout
         self._health: dict[str, _Health] = {}
+        self._served: tuple[object, ...] | None = None
+        self._asleep: set[ServiceKey] = set()
+        self._awake_since: dict[ServiceKey, float] = {}
+        self._used_at: dict[ServiceKey, float] = {}
+        self._connections: dict[ServiceKey, int] = {}
+        self._idle_checked = 0.0
         self._last_exit: dict[tuple[ServiceKey, int], str] = {}
         self._published: dict[int, dict[str, Endpoint]] = {}
         self._parsed: dict[int, Landscape] = {}
@@ -177,6 +194,27 @@ class Engine:
         self._stopping = True
         self.poke()
 
+    def wake(self, workspace_id: int, service: str) -> None:
+        """A request waits for a sleeping service: start it now. Any thread."""
+        if self._loop is None:
+            return
+
+        def wake() -> None:
+            key = ServiceKey(workspace_id, service)
+            if key in self._asleep:
+                log.info("waking %s: a request waits for it", key)
+                self._asleep.discard(key)
+                self._awake_since[key] = time.monotonic()
+                if self._wake is not None:
+                    self._wake.set()
+
+        self._loop.call_soon_threadsafe(wake)
+
+    @property
+    def asleep(self) -> frozenset[ServiceKey]:
+        """The services stopped for having had no request for their ``sleepAfter``."""
+        return frozenset(self._asleep)
+
     async def stop_everything(self) -> None:
         """Stop every replica of this installation (``terrace up`` on Ctrl-C)."""
         replicas = await self.runtime.replicas()
@@ -192,19 +230,26 @@ class Engine:
         cpu0, wall0 = time.process_time(), time.monotonic()
         desired = await asyncio.to_thread(self._read_desired)
         runs = {run.key: run for run in desired.runs}
+        await self._sleep_idle(runs)
+        wanted = [self._wanted(run) for run in desired.runs]
         replicas = [r for r in await self.runtime.replicas() if r.kind is Kind.SERVICE]
         now = time.monotonic()
         await self._check(replicas, runs, now)
         observed = [self._observed(r) for r in replicas]
-        todo = plan([run.desired for run in desired.runs], observed, now=now, backoff=self.backoff)
+        if await self._roll_back(wanted, observed, desired):
+            return time.monotonic()  # the desired state changed: plan again from it now
+        todo = plan(wanted, observed, now=now, backoff=self.backoff)
         stopping = {s.replica_id for s in todo.stops}
-        # Traffic first: the replicas about to stop leave the balancers before they get SIGTERM.
-        await self._publish(replicas, runs, stopping, desired.workspaces)
+        # Traffic first: the replicas about to stop leave the balancers, and the requests in
+        # flight on them finish, before they get SIGTERM.
+        await self._publish(replicas, runs, stopping, desired)
+        if stopping and self.traffic is not None:
+            await self.traffic.drain(stopping, timeout=self.drain_timeout)
         await self._carry_out(todo, replicas, runs)
         self.routes = tuple(desired.routes)
         after = [r for r in await self.runtime.replicas() if r.kind is Kind.SERVICE]
         if todo.starts or todo.stops:
-            await self._publish(after, runs, set(), desired.workspaces)
+            await self._publish(after, runs, set(), desired)
         self._snapshot(after)
         report = PassReport(
             desired=sum(run.replicas for run in desired.runs),
@@ -251,6 +296,8 @@ class Engine:
                 if landscape is None:
                     continue
                 desired.workspaces.add(workspace.id)
+                desired.landscapes[workspace.id] = landscape
+                desired.deployments[workspace.id] = deployment.id
                 desired.runs += deployed_runs(
                     session,
                     workspace=workspace,
@@ -259,6 +306,13 @@ class Engine:
                     vault=self.vault,
                     plans=self.plans,
                 )
+                desired.domains[workspace.id] = tuple(
+                    session.scalars(
+                        select(Domain.name)
+                        .where(Domain.workspace_id == workspace.id)
+                        .order_by(Domain.name)
+                    )
+                )
                 for name, service in landscape.services.items():
                     desired.routes += [
                         Route(workspace.id, p.path, name, p.port, p.strip_path)
@@ -266,6 +320,64 @@ class Engine:
                         if p.port is not None
                     ]
         return desired
+
+    def _wanted(self, run: ServiceRun) -> DesiredService:
+        if run.key in self._asleep:
+            return replace(run.desired, replicas=0)
+        return run.desired
+
+    async def _sleep_idle(self, runs: Mapping[ServiceKey, ServiceRun]) -> None:
+        """Put to sleep each service with ``sleepAfter`` that has had no request for that long
+        (nor since it last woke)."""
+        sleepy = {k: r.service.sleep_after for k, r in runs.items() if r.service.sleep_after}
+        self._asleep &= set(sleepy)
+        now = time.monotonic()
+        if self.traffic is None or not sleepy or now - self._idle_checked < IDLE_CHECK_INTERVAL:
+            return
+        self._idle_checked = now
+        idle = await self.traffic.idle()
+        # Calls by name from the landscape's own replicas count as use too.
+        for ws in {key.workspace_id for key in sleepy}:
+            for service, count in (await self.runtime.connections(ws)).items():
+                key = ServiceKey(ws, service)
+                if self._connections.get(key) not in (None, count):
+                    self._used_at[key] = now
+                self._connections[key] = count
+        for key, after in sleepy.items():
+            awake_for = now - self._awake_since.setdefault(key, now)
+            unused = now - self._used_at.get(key, 0.0)
+            if key not in self._asleep and min(idle.get(key, 0.0), awake_for, unused) >= after:
+                log.info("%s had no request for %.0f s: sleeping", key, after)
+                self._asleep.add(key)
+
+    async def _roll_back(
+        self, wanted: list[DesiredService], observed: list[ObservedReplica], desired: _Desired
+    ) -> bool:
+        """Undo the rollouts whose new revision keeps failing while the old one serves."""
+        failed = failed_rollouts(wanted, observed)
+        done = False
+        for replica in failed:
+            ws = replica.key.workspace_id
+            deployment = desired.deployments.get(ws)
+            health = self._health.get(replica.id)
+            why = (health.reason if health else None) or replica.phase.value
+            reason = (
+                f"service {replica.key.service}: revision {replica.revision} failed "
+                f"({why}, {replica.restarts + 1} time{'s' if replica.restarts else ''}); "
+                "rolled back to the previous deployment, which kept serving"
+            )
+            if deployment is not None and await asyncio.to_thread(
+                self._roll_back_in_store, ws, deployment, reason
+            ):
+                log.warning("workspace %s: %s", ws, reason)
+                desired.deployments.pop(ws)
+                done = True
+        return done
+
+    def _roll_back_in_store(self, workspace_id: int, deployment_id: int, reason: str) -> bool:
+        with self.db.session() as session:
+            workspace = session.get(Workspace, workspace_id)
+            return workspace is not None and roll_back(session, workspace, deployment_id, reason)
 
     def _landscape(self, deployment: Deployment) -> Landscape | None:
         cached = self._parsed.get(deployment.id)
@@ -428,24 +540,40 @@ class Engine:
         replicas: list[Replica],
         runs: Mapping[ServiceKey, ServiceRun],
         leaving: set[str],
-        workspaces: set[int],
+        desired: _Desired,
     ) -> None:
+        workspaces = desired.workspaces
         wanted: dict[int, dict[str, Endpoint]] = {ws: {} for ws in workspaces}
+        serving: dict[ServiceKey, tuple[Replica, ...]] = {}
         for run in runs.values():
             healthy = tuple(
                 sorted(
-                    r.id
-                    for r in replicas
-                    if r.workspace_id == run.key.workspace_id
-                    and r.name == run.key.service
-                    and r.id not in leaving
-                    and r.running
-                    and self._health.get(r.id, _Health(Phase.STARTING, 0)).phase is Phase.HEALTHY
+                    (
+                        r
+                        for r in replicas
+                        if r.workspace_id == run.key.workspace_id
+                        and r.name == run.key.service
+                        and r.id not in leaving
+                        and r.running
+                        and self._health.get(r.id, _Health(Phase.STARTING, 0)).phase
+                        is Phase.HEALTHY
+                    ),
+                    key=lambda r: r.id,
                 )
             )
+            serving[run.key] = healthy
+            wake: tuple[tuple[int, int], ...] = ()
+            if (
+                not healthy
+                and run.service.sleep_after
+                and self.traffic is not None
+                and self.runtime.sandboxed
+            ):
+                wake = tuple(sorted((await self.traffic.wake_ports(run.key, run.ports)).items()))
             wanted.setdefault(run.key.workspace_id, {})[run.key.service] = Endpoint(
-                run.key.service, run.ports, healthy
+                run.key.service, run.ports, tuple(r.id for r in healthy), wake
             )
+        await self._serve(runs, serving, desired)
         for ws, endpoints in wanted.items():
             if self._published.get(ws) != endpoints:
                 await self.runtime.publish(ws, endpoints)
@@ -456,6 +584,36 @@ class Engine:
             del self._published[ws]
             if ws not in running:
                 await self.runtime.forget_landscape(ws)
+
+    async def _serve(
+        self,
+        runs: Mapping[ServiceKey, ServiceRun],
+        serving: Mapping[ServiceKey, tuple[Replica, ...]],
+        desired: _Desired,
+    ) -> None:
+        """Tell the router what to serve, when that changed."""
+        if self.traffic is None:
+            return
+        served = [
+            Served(
+                workspace_id=ws,
+                landscape=landscape,
+                replicas={
+                    key.service: found for key, found in serving.items() if key.workspace_id == ws
+                },
+                wakeable=frozenset(
+                    key.service
+                    for key, run in runs.items()
+                    if key.workspace_id == ws and run.service.sleep_after
+                ),
+                domains=desired.domains.get(ws, ()),
+            )
+            for ws, landscape in sorted(desired.landscapes.items())
+        ]
+        key = tuple(s.key() for s in served)
+        if key != self._served:
+            await self.traffic.serve(served)
+            self._served = key
 
     def _snapshot(self, replicas: list[Replica]) -> None:
         status: dict[int, list[ReplicaStatus]] = {}

@@ -121,6 +121,9 @@ class Endpoint:
     ports: tuple[int, ...]
     replicas: tuple[str, ...]
     """Ids of the replicas that should get traffic (the healthy ones)."""
+    wake_ports: tuple[tuple[int, int], ...] = ()
+    """(declared port, port on the host's end of the landscape's uplink): where connections
+    go while ``replicas`` is empty (an activator that wakes a sleeping service)."""
 
 
 class Runtime(Protocol):
@@ -161,6 +164,11 @@ class Runtime(Protocol):
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A connection to ``service:port`` of a landscape, balanced across what
         :meth:`publish` last said; what the public router uses."""
+        ...
+
+    async def connections(self, workspace_id: int) -> Mapping[str, int]:
+        """Per service, a count of the connections replicas have opened to it by name since
+        :meth:`publish` last changed it (what tells a service is used from inside)."""
         ...
 
     async def landscapes(self) -> set[int]:

@@ -31,8 +31,9 @@ def missing_tools() -> list[str]:
     return [tool for tool in TOOLS if shutil.which(tool) is None]
 
 
-async def command(argv: Sequence[str], *, stdin: str | None = None) -> str:
-    """Run a short command; its stdout, or :class:`RuntimeFailure` naming it with its stderr."""
+async def command(argv: Sequence[str], *, stdin: str | None = None, check: bool = True) -> str:
+    """Run a short command; its stdout, or :class:`RuntimeFailure` naming it with its stderr
+    (without ``check``, a failure is ignored: for removing what may already be gone)."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
@@ -40,7 +41,7 @@ async def command(argv: Sequence[str], *, stdin: str | None = None) -> str:
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
-    if proc.returncode != 0:
+    if proc.returncode != 0 and check:
         detail = err.decode(errors="replace").strip() or f"exit status {proc.returncode}"
         raise RuntimeFailure(f"`{' '.join(argv[:4])} ...` failed: {detail}")
     return out.decode(errors="replace")

@@ -4,11 +4,15 @@ Layout (see docs/architecture.md, "How names resolve inside the sandbox"):
 
 - every landscape has its own namespace ``<prefix>-w<workspace>`` acting as its router. It owns
   ``10.88.0.1`` and the gateway ``169.254.1.1``, routes ``10.89.0.0/16`` (service addresses)
-  locally, and forwards between its replicas. It has no link to the host or to any other
-  landscape, so landscapes cannot reach each other (nor the host's loopback services);
+  locally, and forwards between its replicas. Its one link out is the *uplink*, a veth pair to
+  the host (``<prefix>u<workspace>`` on the host, ``uplink`` inside) over which the host reaches
+  the replicas directly (the data plane's connections to them); new connections from the
+  landscape out through the uplink are dropped, so landscapes cannot reach the host nor each
+  other;
 - every replica has its own namespace ``<prefix>-r-<replica>`` with one veth pair to its
   landscape's router: ``eth0`` = ``10.88.x.y/32``, default route via ``169.254.1.1``. So every
-  replica may listen on its declared port (3000) side by side;
+  replica may listen on its declared port (3000) side by side. Replica addresses are unique in
+  the installation: the host has a ``/32`` route to each, through its landscape's uplink;
 - every service gets a stable address ``10.89.x.y``; ``/etc/hosts`` in the sandbox (one file per
   landscape, bind-mounted read-only) maps the bare service name and
   ``ws-server-<workspace>-<service>`` to it;
@@ -30,11 +34,14 @@ from pathlib import Path
 from terrace.runtimes.base import RuntimeFailure
 from terrace.runtimes.linux import command
 
-__all__ = ["NETNS_DIR", "Networks", "replica_address"]
+__all__ = ["HOST_ADDRESS", "NETNS_DIR", "Networks", "replica_address"]
 
 NETNS_DIR = Path("/run/netns")
 ROUTER_ADDRESS = "10.88.0.1"
 GATEWAY = "169.254.1.1"
+HOST_ADDRESS = "10.87.255.254"
+"""The host's end of every uplink: where connections from the host to replicas come from."""
+UPLINK = "uplink"
 REPLICA_NET = ipaddress.IPv4Network("10.88.0.0/16")
 SERVICE_NET = ipaddress.IPv4Network("10.89.0.0/16")
 FIRST_REPLICA = 2
@@ -66,6 +73,10 @@ class Networks:
 
     def replica_ns(self, replica_id: str) -> str:
         return f"{self.prefix}-r-{replica_id}"
+
+    def uplink(self, workspace_id: int) -> str:
+        """The host's end of the landscape's uplink (at most 15 characters)."""
+        return f"{self.prefix}u{workspace_id}"
 
     @staticmethod
     def path(ns: str) -> Path:
@@ -108,13 +119,39 @@ class Networks:
                 ]
             )
             await command(["ip", "-n", ns, "-batch", "-"], stdin=batch)
+            # Forward between replicas; say "unreachable" at once, every time (the default
+            # rate limit would leave a replica's next connection attempts hanging instead).
             await command(
-                ["nsenter", f"--net={self.path(ns)}", "sysctl", "-qw", "net.ipv4.ip_forward=1"]
+                [
+                    "nsenter",
+                    f"--net={self.path(ns)}",
+                    "sysctl",
+                    "-qw",
+                    "net.ipv4.ip_forward=1",
+                    "net.ipv4.icmp_ratelimit=0",
+                ]
             )
+            await self._add_uplink(workspace_id, ns)
             await self._load_rules(ns, "")
         except RuntimeFailure:
             await command(["ip", "netns", "del", ns])
             raise
+
+    async def _add_uplink(self, workspace_id: int, ns: str) -> None:
+        host_end = self.uplink(workspace_id)
+        await command(["ip", "link", "del", host_end], check=False)  # left by a crash
+        await command(
+            ["ip", "-batch", "-"],
+            stdin=(
+                f"link add {host_end} type veth peer name {UPLINK} netns {ns}\n"
+                f"addr add {HOST_ADDRESS}/32 dev {host_end}\n"
+                f"link set {host_end} up\n"
+            ),
+        )
+        await command(
+            ["ip", "-n", ns, "-batch", "-"],
+            stdin=f"link set {UPLINK} up\nroute add {HOST_ADDRESS}/32 dev {UPLINK} scope link\n",
+        )
 
     async def forget_landscape(self, workspace_id: int) -> None:
         ns = self.landscape_ns(workspace_id)
@@ -153,41 +190,94 @@ class Networks:
                     f"route add default via {GATEWAY} dev eth0\n"
                 ),
             )
+            await command(
+                [
+                    "ip",
+                    "route",
+                    "replace",
+                    f"{address}/32",
+                    "via",
+                    GATEWAY,
+                    "dev",
+                    self.uplink(workspace_id),
+                    "onlink",
+                    "src",
+                    HOST_ADDRESS,
+                ]
+            )
         except RuntimeFailure:
-            await self.detach(replica_id)
+            await self.detach(replica_id, index)
             raise
         return address
 
-    async def detach(self, replica_id: str) -> None:
-        """Remove the replica's namespace (its veth pair and route go with it)."""
+    async def detach(self, replica_id: str, index: int | None = None) -> None:
+        """Remove the replica's namespace (its veth pair and its landscape's route go with it)
+        and, given its ``index``, the host's route to it."""
         ns = self.replica_ns(replica_id)
         if self.path(ns).exists():
             await command(["ip", "netns", "del", ns])
+        if index is not None:
+            await command(["ip", "route", "del", f"{replica_address(index)}/32"], check=False)
 
     # --- services ---------------------------------------------------------------------------
 
     async def publish(
-        self, workspace_id: int, services: Mapping[str, tuple[Iterable[int], Iterable[str]]]
+        self,
+        workspace_id: int,
+        services: Mapping[str, tuple[Iterable[int], Iterable[str], Mapping[int, int]]],
     ) -> None:
         """Balance each service's ports over the given replica addresses:
-        ``{service: (ports, replica addresses)}``. Replaces all the landscape's rules in one
-        transaction: a service left out (or without replicas) refuses connections."""
+        ``{service: (ports, replica addresses, wake ports)}``; a service with no replica sends
+        each port in ``wake ports`` to that port of :data:`HOST_ADDRESS` instead (its
+        activator), else refuses. Replaces all the landscape's rules in one transaction."""
         addresses = self.service_addresses(workspace_id, services)
         rules: list[str] = []
         hairpins: set[str] = set()
-        for name, (ports, replicas) in sorted(services.items()):
+        wake: set[int] = set()
+        for name, (ports, replicas, wake_ports) in sorted(services.items()):
             targets = sorted(set(replicas))
             hairpins.update(targets)
-            if not targets:
-                continue
+            tag = f'comment "{name}"'  # last in a rule; its counter tells use
             for port in sorted(set(ports)):
+                match = f"ip daddr {addresses[name]} tcp dport {port} counter"
+                if not targets:
+                    if port in wake_ports:
+                        wake.add(wake_ports[port])
+                        rules.append(f"{match} dnat to {HOST_ADDRESS}:{wake_ports[port]} {tag}")
+                    continue
                 if len(targets) == 1:
                     to = targets[0]
                 else:
                     pairs = ", ".join(f"{i} : {a}" for i, a in enumerate(targets))
                     to = f"numgen inc mod {len(targets)} map {{ {pairs} }}"
-                rules.append(f"ip daddr {addresses[name]} tcp dport {port} dnat to {to}")
-        await self._load_rules(self.landscape_ns(workspace_id), "\n".join(rules), hairpins)
+                rules.append(f"{match} dnat to {to} {tag}")
+        await self._load_rules(
+            self.landscape_ns(workspace_id), "\n".join(rules), hairpins, sorted(wake)
+        )
+
+    async def connections(self, workspace_id: int) -> dict[str, int]:
+        """Per service, connections from replicas to it by name since its rules were loaded."""
+        ns = self.path(self.landscape_ns(workspace_id))
+        if not ns.exists():
+            return {}
+        out = await command(
+            ["nsenter", f"--net={ns}", "nft", "-j", "list", "chain", "ip", TABLE, "pre"],
+            check=False,
+        )
+        counts: dict[str, int] = {}
+        try:
+            items = json.loads(out)["nftables"] if out else []
+        except (ValueError, KeyError):
+            return {}
+        for item in items:
+            rule = item.get("rule") if isinstance(item, dict) else None
+            if not rule or "comment" not in rule:
+                continue
+            for expr in rule.get("expr", []):
+                if "counter" in expr:
+                    name = str(rule["comment"])
+                    counts[name] = counts.get(name, 0) + int(expr["counter"]["packets"])
+        return counts
 
     def write_hosts(
         self, workspace_id: int, services: Mapping[str, str], replicas: Mapping[str, str]
@@ -231,16 +321,28 @@ class Networks:
             tmp.replace(path)
         return {name: _service_address(indexes[name]) for name in indexes}
 
-    async def _load_rules(self, ns: str, rules: str, hairpins: Iterable[str] = ()) -> None:
+    async def _load_rules(
+        self, ns: str, rules: str, hairpins: Iterable[str] = (), wake: Iterable[int] = ()
+    ) -> None:
         """DNAT ``rules`` for replicas (prerouting) and the engine (output); and for each
         replica address in ``hairpins``, SNAT of its connections to itself through its service
-        address (the answer would otherwise come back from its own address and be dropped)."""
+        address (the answer would otherwise come back from its own address and be dropped).
+        Out through the uplink, only connections to the ``wake`` ports of the host may start."""
         chains = [
             f"  chain {chain} {{\n    type nat hook {hook} priority -100; policy accept;\n"
             + "".join(f"    {rule}\n" for rule in rules.splitlines())
             + "  }"
             for chain, hook in (("pre", "prerouting"), ("out", "output"))
         ]
+        chains.append(
+            "  chain forward {\n    type filter hook forward priority 0; policy accept;\n"
+            + "".join(
+                f'    oifname "{UPLINK}" ip daddr {HOST_ADDRESS} tcp dport {port} accept\n'
+                for port in sorted(set(wake))
+            )
+            + f'    oifname "{UPLINK}" ct state new reject\n'
+            "  }"
+        )
         chains.append(
             "  chain post {\n    type nat hook postrouting priority 100; policy accept;\n"
             + "".join(

@@ -134,7 +134,7 @@ class ProcessRuntime:
             last_exit=spec.last_exit,
         )
         if self._sandboxed:
-            record.index = self._free_index(spec.workspace_id)
+            record.index = self._free_index()
             record.ports = {str(p): p for p in spec.ports}
         else:
             record.ports = {str(p): _free_port() for p in spec.ports}
@@ -183,14 +183,13 @@ class ProcessRuntime:
             await _until(lambda: group.alive() or proc.returncode is not None, KILL_WAIT)
         return record.replica(running=self._running(record))
 
-    def _free_index(self, workspace_id: int) -> int:
-        used = {
-            r.index for r in self._records.all() if r.workspace_id == workspace_id and r.sandboxed
-        }
+    def _free_index(self) -> int:
+        """A replica address free in the whole installation (the host routes to each)."""
+        used = {r.index for r in self._records.all() if r.sandboxed}
         for index in range(FIRST_REPLICA, LAST_INDEX + 1):
             if index not in used:
                 return index
-        raise RuntimeFailure(f"workspace {workspace_id} has no free replica address left")
+        raise RuntimeFailure("no free replica address left in this installation")
 
     def _write_hosts(self, workspace_id: int) -> None:
         records = [r for r in self._records.all() if r.workspace_id == workspace_id and r.sandboxed]
@@ -287,7 +286,7 @@ class ProcessRuntime:
             if child is not None and child.returncode is None:
                 # Not in the cgroups yet (stopped the moment it started): its own session.
                 await self._stop_session(child.pid, 0)
-            await self.networks.detach(replica_id)
+            await self.networks.detach(replica_id, record.index or None)
             await self._cgroup(replica_id).remove()
         elif record.pid is not None and pid_start(record.pid) in (None, record.pid_start):
             # The session, even if its leader (the shell) is gone; unless the pid now belongs
@@ -345,7 +344,11 @@ class ProcessRuntime:
             await self.networks.publish(
                 workspace_id,
                 {
-                    name: (e.ports, [records[i].address for i in e.replicas if i in records])
+                    name: (
+                        e.ports,
+                        [records[i].address for i in e.replicas if i in records],
+                        dict(e.wake_ports),
+                    )
                     for name, e in endpoints.items()
                 },
             )
@@ -373,6 +376,11 @@ class ProcessRuntime:
             raise ConnectionRefusedError(f"{service} has no address yet")
         ns = self.networks.path(self.networks.landscape_ns(workspace_id))
         return await _open_in(ns, address, port)
+
+    async def connections(self, workspace_id: int) -> Mapping[str, int]:
+        if not self._sandboxed:
+            return {}
+        return await self.networks.connections(workspace_id)
 
     async def landscapes(self) -> set[int]:
         found = {r.workspace_id for r in self._records.all()} | {ws for ws, _ in self._balance}

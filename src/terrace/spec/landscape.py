@@ -144,6 +144,9 @@ class Service:
     env: Mapping[str, Template] = field(default_factory=_frozen_map)
     health: HealthCheck | None = None
     mount_sub_path: str | None = None
+    sleep_after: float | None = None
+    """``sleepAfter``, in seconds: with no request for that long, the service is stopped; the
+    next request (public, or by name from the landscape) wakes it and waits for it."""
     image: str | None = None
     command: tuple[str, ...] | None = None
     """For containers: the command to run instead of the image's own (``command:`` as a list)."""

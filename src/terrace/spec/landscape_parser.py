@@ -56,6 +56,7 @@ SERVICE_KEYS = (
     "env",
     "healthEndpoint",
     "mountSubPath",
+    "sleepAfter",
     "image",
     "baseImage",
     "command",
@@ -64,6 +65,9 @@ SERVICE_KEYS = (
     "volumeMounts",
 )
 VOLUME_KEYS = ("name", "mountPath", "workspacePath")
+DURATION = re.compile(r"^(?P<amount>[0-9]{1,7})(?P<unit>s|m|h)?$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600}
+MIN_SLEEP_AFTER = 1
 HEALTH = re.compile(r"^(?P<scheme>http|tcp)://localhost:(?P<port>[0-9]{1,5})(?P<path>/[^\s]*)?$")
 WORKSPACE_VOLUME = "_workspace"
 
@@ -275,6 +279,7 @@ class _LandscapeParser:
         env = self._env(view)
         health = self._health(view)
         mount_sub_path = self._relative_path(view, "mountSubPath")
+        sleep_after = self._sleep_after(view)
         run_as_user = view.integer("runAsUser", minimum=0)
         run_as_group = view.integer("runAsGroup", minimum=0)
         mounts = self._volume_mounts(view)
@@ -307,12 +312,31 @@ class _LandscapeParser:
             env=env,
             health=health,
             mount_sub_path=mount_sub_path,
+            sleep_after=sleep_after,
             image=image,
             command=command,
             run_as_user=run_as_user if kind is ServiceKind.CONTAINER else None,
             run_as_group=run_as_group if kind is ServiceKind.CONTAINER else None,
             volume_mounts=mounts if kind is ServiceKind.CONTAINER else (),
         )
+
+    @staticmethod
+    def _sleep_after(view: MapView) -> float | None:
+        """``sleepAfter``: idle time after which the service is stopped until its next
+        request; seconds (``300``) or with a unit (``30s``, ``5m``, ``1h``)."""
+        value = view.get("sleepAfter")
+        if value is None:
+            return None
+        found = DURATION.match(str(value)) if not isinstance(value, bool) else None
+        seconds = int(found["amount"]) * _SECONDS[found["unit"] or "s"] if found else 0
+        if seconds < MIN_SLEEP_AFTER:
+            view.error(
+                "sleepAfter",
+                f"sleepAfter {value!r} must be an idle time such as 300 (seconds), 30s, 5m "
+                "or 1h, at least 1 second",
+            )
+            return None
+        return float(seconds)
 
     def _image(self, view: MapView) -> str | None:
         image = view.string("image")

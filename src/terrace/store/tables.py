@@ -199,6 +199,25 @@ class Deployment(Base):
         ForeignKey("users.id", ondelete="SET NULL"), nullable=True
     )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    replaces_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """The deployment that was active when this one was made: what a failed rollout of this
+    one goes back to."""
+    failure: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """Why this deployment was rolled back (None: it was not)."""
+
+
+class Domain(Base):
+    """A custom domain served with a workspace's landscape (as ``<workspace>-3000.<domain>``)."""
+
+    __tablename__ = "domains"
+    __table_args__ = _NO_REUSE
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(253), unique=True)
+    workspace_id: Mapped[int] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class StageRun(Base):

@@ -1,0 +1,40 @@
+"""Choosing a data plane: ``haproxy`` when the binary is installed, else ``builtin``."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from terrace.router.plane import DataPlane, Timeouts, Waker
+
+__all__ = ["PLANES", "available", "make_plane"]
+
+PLANES = ("haproxy", "builtin")
+
+
+def available(name: str) -> bool:
+    return name == "builtin" or (name == "haproxy" and shutil.which("haproxy") is not None)
+
+
+def make_plane(
+    name: str | None,
+    *,
+    state_dir: Path,
+    timeouts: Timeouts | None = None,
+    on_wake: Waker | None = None,
+) -> DataPlane:
+    """The plane called ``name`` (None: the best one installed). Raises ValueError naming what
+    is missing for a plane that cannot run here."""
+    chosen = name or next(p for p in PLANES if available(p))
+    if chosen not in PLANES:
+        raise ValueError(f"unknown router plane {chosen!r}: choose one of {', '.join(PLANES)}")
+    if not available(chosen):
+        raise ValueError(f"router plane {chosen!r} needs the haproxy binary (apt install haproxy)")
+    timeouts = timeouts or Timeouts()
+    if chosen == "haproxy":
+        from terrace.router.haproxy import HaproxyPlane  # noqa: PLC0415
+
+        return HaproxyPlane(state_dir=state_dir, timeouts=timeouts, on_wake=on_wake)
+    from terrace.router.builtin import BuiltinPlane  # noqa: PLC0415
+
+    return BuiltinPlane(timeouts=timeouts, on_wake=on_wake)
