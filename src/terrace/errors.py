@@ -14,7 +14,9 @@ CLI exit codes are assigned only at the edges (``terrace.api``, ``terrace.cli``)
     ├── Conflict             contradicts what is stored (a duplicate name, the last admin)
     ├── InvalidInput         a value in a request is wrong; names the field
     ├── SourceError          a workspace's source cannot be fetched (git clone, missing folder)
-    └── VaultError           a secret cannot be sealed or opened (wrong or retired key)
+    ├── VaultError           a secret cannot be sealed or opened (wrong or retired key)
+    ├── RuntimeFailure       a sandbox or network step failed (terrace.runtimes.base)
+    └── HaproxyError         HAProxy refused a command or cannot start (terrace.router)
 """
 
 from __future__ import annotations

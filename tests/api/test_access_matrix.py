@@ -261,7 +261,7 @@ class Matrix:
             "step": 0,
             "service": "web",
             "replica": 0,
-            "domain": "shop.example.com",
+            "domain": _unique("shop") + ".example.com",  # domains are unique installation-wide
         }
         return re.sub(r"\{(\w+)\}", lambda m: str(values[m.group(1)]), path)
 
