@@ -15,7 +15,7 @@ from terrace.engine.traffic import Served
 from terrace.router.activator import TcpActivator
 from terrace.router.landscapes import LandscapeTraffic, ReplicaAddress, pool_name, route_table
 from terrace.router.plane import DataPlane, Timeouts
-from terrace.router.planes import make_plane
+from terrace.router.planes import check_plane, make_plane
 from terrace.router.table import RouteTable
 from terrace.runtimes.network import HOST_ADDRESS
 
@@ -35,6 +35,9 @@ class EdgeSettings:
     domain: str = "localhost"
     """Landscapes are served at ``<workspace>-<port>.<domain>``."""
     timeouts: Timeouts = field(default_factory=Timeouts)
+
+    def __post_init__(self) -> None:
+        check_plane(self.plane)  # before anything starts: a wrong --router is a usage error
 
 
 class Edge:

@@ -20,7 +20,9 @@ from terrace.cli.output import Columns, print_error, print_json, print_record, p
 
 __all__ = [
     "ApiOption",
+    "DomainOption",
     "JsonOption",
+    "RouterOption",
     "Session",
     "TeamOption",
     "WorkspaceOption",
@@ -65,6 +67,18 @@ WorkspaceOption = Annotated[
     ),
 ]
 YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+RouterOption = Annotated[
+    str | None,
+    typer.Option(
+        "--router",
+        help="The router's data plane: haproxy or builtin (default: haproxy when installed).",
+        show_default=False,
+    ),
+]
+DomainOption = Annotated[
+    str,
+    typer.Option("--domain", envvar="TERRACE_DOMAIN", help="Landscapes' hosts end in this domain."),
+]
 
 
 @contextmanager

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from terrace.cli.common import DomainOption, RouterOption
 from terrace.errors import TerraceError
 from terrace.store.home import DEFAULT_API_PORT
 
@@ -32,25 +33,18 @@ def server(
     router_host: Annotated[
         str, typer.Option(help="The address the public router listens on.")
     ] = "127.0.0.1",
-    router: Annotated[
-        str | None,
-        typer.Option(
-            help="The router's data plane: haproxy or builtin (default: haproxy when installed)."
-        ),
-    ] = None,
-    domain: Annotated[
-        str, typer.Option(envvar="TERRACE_DOMAIN", help="Landscapes' hosts end in this domain.")
-    ] = "localhost",
+    router: RouterOption = None,
+    domain: DomainOption = "localhost",
 ) -> None:
     """Serve the REST API under /api and run the engine (state in $TERRACE_HOME or
     TERRACE_DATABASE_URL)."""
     from terrace.api.edge import EdgeSettings  # noqa: PLC0415 - loads only for `server`
     from terrace.api.server import serve  # noqa: PLC0415
 
-    edge = None
-    if router_port is not None and engine:
-        edge = EdgeSettings(host=router_host, port=router_port, plane=router, domain=domain)
     try:
+        edge = None
+        if router_port is not None and engine:
+            edge = EdgeSettings(host=router_host, port=router_port, plane=router, domain=domain)
         serve(host=host, port=port, engine=engine, edge=edge)
     except (TerraceError, OSError, ValueError) as exc:
         typer.echo(f"terrace server: {exc}", err=True)

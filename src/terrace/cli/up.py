@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from terrace.cli.common import DomainOption, RouterOption
 from terrace.errors import TerraceError
 
 __all__ = ["up"]
@@ -38,15 +39,8 @@ def up(
     skip_tests: Annotated[
         bool, typer.Option("--skip-tests", help="Do not run the test stage before deploying.")
     ] = False,
-    router: Annotated[
-        str | None,
-        typer.Option(
-            help="The router's data plane: haproxy or builtin (default: haproxy when installed)."
-        ),
-    ] = None,
-    domain: Annotated[
-        str, typer.Option(envvar="TERRACE_DOMAIN", help="Landscapes' hosts end in this domain.")
-    ] = "localhost",
+    router: RouterOption = None,
+    domain: DomainOption = "localhost",
 ) -> None:
     """Run the API, the engine and the router here; deploy FOLDER's landscape and serve it."""
     # The platform loads only for `up`: other commands stay quick to start.
@@ -55,8 +49,8 @@ def up(
     from terrace.cli.landscape_up import Up  # noqa: PLC0415
 
     runner = Up(folder, profile=profile, port=port, run_tests=not skip_tests)
-    edge = EdgeSettings(host="127.0.0.1", port=port, plane=router, domain=domain)
     try:
+        edge = EdgeSettings(host="127.0.0.1", port=port, plane=router, domain=domain)
         serve(
             host="127.0.0.1",
             port=api_port,

@@ -7,13 +7,24 @@ from pathlib import Path
 
 from terrace.router.plane import DataPlane, Timeouts, Waker
 
-__all__ = ["PLANES", "available", "make_plane"]
+__all__ = ["PLANES", "available", "check_plane", "make_plane"]
 
 PLANES = ("haproxy", "builtin")
 
 
 def available(name: str) -> bool:
     return name == "builtin" or (name == "haproxy" and shutil.which("haproxy") is not None)
+
+
+def check_plane(name: str | None) -> str:
+    """The plane ``name`` stands for (None: the best one installed); ValueError naming what is
+    wrong or missing."""
+    chosen = name or next(p for p in PLANES if available(p))
+    if chosen not in PLANES:
+        raise ValueError(f"unknown router plane {chosen!r}: choose one of {', '.join(PLANES)}")
+    if not available(chosen):
+        raise ValueError(f"router plane {chosen!r} needs the haproxy binary (apt install haproxy)")
+    return chosen
 
 
 def make_plane(
@@ -25,11 +36,7 @@ def make_plane(
 ) -> DataPlane:
     """The plane called ``name`` (None: the best one installed). Raises ValueError naming what
     is missing for a plane that cannot run here."""
-    chosen = name or next(p for p in PLANES if available(p))
-    if chosen not in PLANES:
-        raise ValueError(f"unknown router plane {chosen!r}: choose one of {', '.join(PLANES)}")
-    if not available(chosen):
-        raise ValueError(f"router plane {chosen!r} needs the haproxy binary (apt install haproxy)")
+    chosen = check_plane(name)
     timeouts = timeouts or Timeouts()
     if chosen == "haproxy":
         from terrace.router.haproxy import HaproxyPlane  # noqa: PLC0415
