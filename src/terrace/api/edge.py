@@ -10,6 +10,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from terrace.engine.desired import service_ports
 from terrace.engine.state import ServiceKey
 from terrace.engine.traffic import Served
 from terrace.router.activator import TcpActivator
@@ -131,8 +132,7 @@ class Edge:
             pool_name(s.workspace_id, name, port): ServiceKey(s.workspace_id, name)
             for s in self._served
             for name, service in s.landscape.services.items()
-            for port in {p.number for p in service.network.ports}
-            | {p.port for p in service.network.paths if p.port is not None}
+            for port in service_ports(service)
         }
         if table != self.table:
             await self.plane.apply(table)

@@ -21,7 +21,14 @@ from terrace.runtimes.base import Limits, Probe
 from terrace.spec.expressions import RefKind, StaticContext
 from terrace.spec.landscape import Landscape, Service, ServiceKind, Stage
 
-__all__ = ["ServiceRun", "render_env", "service_runs", "stage_script", "step_script"]
+__all__ = [
+    "ServiceRun",
+    "render_env",
+    "service_ports",
+    "service_runs",
+    "stage_script",
+    "step_script",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,7 +11,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import select
@@ -21,6 +21,7 @@ from terrace.engine.desired import ServiceRun, render_env
 from terrace.engine.pipeline import Pipeline
 from terrace.engine.planner import Backoff, Plan, Start, failed_rollouts, plan
 from terrace.engine.plans import PlanTable
+from terrace.engine.sleep import Sleepers
 from terrace.engine.state import DesiredService, ObservedReplica, Phase, ServiceKey
 from terrace.engine.traffic import Served, Traffic
 from terrace.runtimes.base import Endpoint, Kind, Replica, ReplicaSpec, Runtime
@@ -31,7 +32,7 @@ from terrace.store.tables import Deployment, Domain, Workspace
 from terrace.store.workspaces import env_vars
 from terrace.vault import Vault
 
-__all__ = ["Engine", "PassReport", "ReplicaStatus", "Route", "logs_dir"]
+__all__ = ["Engine", "PassReport", "ReplicaStatus", "logs_dir"]
 
 log = logging.getLogger("terrace.engine")
 
@@ -82,17 +83,6 @@ class ReplicaStatus:
     last_exit: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
-    """A public path of a deployed landscape."""
-
-    workspace_id: int
-    path: str
-    service: str
-    port: int
-    strip: bool
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PassReport:
     """What one pass did, and what it cost the engine (for the benchmark and the logs)."""
@@ -109,8 +99,6 @@ class PassReport:
 @dataclass(slots=True)
 class _Desired:
     runs: list[ServiceRun] = field(default_factory=list)
-    routes: list[Route] = field(default_factory=list)
-    workspaces: set[int] = field(default_factory=set)
     landscapes: dict[int, Landscape] = field(default_factory=dict)
     deployments: dict[int, int] = field(default_factory=dict)
     """Per workspace, its active deployment's id."""
@@ -146,10 +134,7 @@ class Engine:
         self.drain_timeout = drain_timeout
         self._health: dict[str, _Health] = {}
         self._served: tuple[object, ...] | None = None
-        self._asleep: set[ServiceKey] = set()
-        self._awake_since: dict[ServiceKey, float] = {}
-        self._used_at: dict[ServiceKey, float] = {}
-        self._connections: dict[ServiceKey, int] = {}
+        self._sleepers = Sleepers()
         self._idle_checked = 0.0
         self._last_exit: dict[tuple[ServiceKey, int], str] = {}
         self._published: dict[int, dict[str, Endpoint]] = {}
@@ -159,7 +144,6 @@ class Engine:
         self._stopping = False
         self.status: dict[int, list[ReplicaStatus]] = {}
         """Per workspace, its replicas after the last pass (read by the API from any thread)."""
-        self.routes: tuple[Route, ...] = ()
         self.on_pass: list[Callable[[PassReport], None]] = []
         self.last_report: PassReport | None = None
         self.pipeline = Pipeline(db=db, runtime=runtime, home=home)
@@ -201,10 +185,8 @@ class Engine:
 
         def wake() -> None:
             key = ServiceKey(workspace_id, service)
-            if key in self._asleep:
+            if self._sleepers.wake(key, time.monotonic()):
                 log.info("waking %s: a request waits for it", key)
-                self._asleep.discard(key)
-                self._awake_since[key] = time.monotonic()
                 if self._wake is not None:
                     self._wake.set()
 
@@ -213,7 +195,7 @@ class Engine:
     @property
     def asleep(self) -> frozenset[ServiceKey]:
         """The services stopped for having had no request for their ``sleepAfter``."""
-        return frozenset(self._asleep)
+        return frozenset(self._sleepers.asleep)
 
     async def stop_everything(self) -> None:
         """Stop every replica of this installation (``terrace up`` on Ctrl-C)."""
@@ -231,7 +213,7 @@ class Engine:
         desired = await asyncio.to_thread(self._read_desired)
         runs = {run.key: run for run in desired.runs}
         await self._sleep_idle(runs)
-        wanted = [self._wanted(run) for run in desired.runs]
+        wanted = [self._sleepers.wanted(run.desired) for run in desired.runs]
         replicas = [r for r in await self.runtime.replicas() if r.kind is Kind.SERVICE]
         now = time.monotonic()
         await self._check(replicas, runs, now)
@@ -246,7 +228,6 @@ class Engine:
         if stopping and self.traffic is not None:
             await self.traffic.drain(stopping, timeout=self.drain_timeout)
         await self._carry_out(todo, replicas, runs)
-        self.routes = tuple(desired.routes)
         after = [r for r in await self.runtime.replicas() if r.kind is Kind.SERVICE]
         if todo.starts or todo.stops:
             await self._publish(after, runs, set(), desired)
@@ -295,7 +276,6 @@ class Engine:
                 landscape = self._landscape(deployment)
                 if landscape is None:
                     continue
-                desired.workspaces.add(workspace.id)
                 desired.landscapes[workspace.id] = landscape
                 desired.deployments[workspace.id] = deployment.id
                 desired.runs += deployed_runs(
@@ -313,24 +293,13 @@ class Engine:
                         .order_by(Domain.name)
                     )
                 )
-                for name, service in landscape.services.items():
-                    desired.routes += [
-                        Route(workspace.id, p.path, name, p.port, p.strip_path)
-                        for p in service.network.paths
-                        if p.port is not None
-                    ]
         return desired
-
-    def _wanted(self, run: ServiceRun) -> DesiredService:
-        if run.key in self._asleep:
-            return replace(run.desired, replicas=0)
-        return run.desired
 
     async def _sleep_idle(self, runs: Mapping[ServiceKey, ServiceRun]) -> None:
         """Put to sleep each service with ``sleepAfter`` that has had no request for that long
         (nor since it last woke)."""
         sleepy = {k: r.service.sleep_after for k, r in runs.items() if r.service.sleep_after}
-        self._asleep &= set(sleepy)
+        self._sleepers.forget_all_but(sleepy)
         now = time.monotonic()
         if self.traffic is None or not sleepy or now - self._idle_checked < IDLE_CHECK_INTERVAL:
             return
@@ -339,16 +308,9 @@ class Engine:
         # Calls by name from the landscape's own replicas count as use too.
         for ws in {key.workspace_id for key in sleepy}:
             for service, count in (await self.runtime.connections(ws)).items():
-                key = ServiceKey(ws, service)
-                if self._connections.get(key) not in (None, count):
-                    self._used_at[key] = now
-                self._connections[key] = count
-        for key, after in sleepy.items():
-            awake_for = now - self._awake_since.setdefault(key, now)
-            unused = now - self._used_at.get(key, 0.0)
-            if key not in self._asleep and min(idle.get(key, 0.0), awake_for, unused) >= after:
-                log.info("%s had no request for %.0f s: sleeping", key, after)
-                self._asleep.add(key)
+                self._sleepers.count_connections(ServiceKey(ws, service), count, now)
+        for key in self._sleepers.fall_asleep(sleepy, idle, now):
+            log.info("%s had no request for %.0f s: sleeping", key, sleepy[key])
 
     async def _roll_back(
         self, wanted: list[DesiredService], observed: list[ObservedReplica], desired: _Desired
@@ -542,7 +504,7 @@ class Engine:
         leaving: set[str],
         desired: _Desired,
     ) -> None:
-        workspaces = desired.workspaces
+        workspaces = set(desired.landscapes)
         wanted: dict[int, dict[str, Endpoint]] = {ws: {} for ws in workspaces}
         serving: dict[ServiceKey, tuple[Replica, ...]] = {}
         for run in runs.values():

@@ -163,7 +163,8 @@ class Runtime(Protocol):
         self, workspace_id: int, service: str, port: int
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A connection to ``service:port`` of a landscape, balanced across what
-        :meth:`publish` last said; what the public router uses."""
+        :meth:`publish` last said, as a replica calling the service by name gets one. (The
+        public router does not use it: it reaches replicas at their addresses.)"""
         ...
 
     async def connections(self, workspace_id: int) -> Mapping[str, int]:
