@@ -26,7 +26,7 @@ from terrace.engine.deploy import (
     scale,
     teardown,
 )
-from terrace.engine.pipeline import StepPlan, step_log
+from terrace.engine.pipeline import StepPlan, last_run, step_log
 from terrace.engine.plans import PlanTable, load_plans
 from terrace.engine.reconciler import logs_dir
 from terrace.errors import Conflict
@@ -34,7 +34,7 @@ from terrace.sources.local import read_landscape
 from terrace.spec.landscape_parser import parse_landscape
 from terrace.spec.names import DNS_LABEL, PROFILE
 from terrace.store.roles import Role
-from terrace.store.tables import Deployment, StageRun
+from terrace.store.tables import Deployment
 from terrace.store.workspaces import env_vars
 
 __all__ = ["router"]
@@ -291,12 +291,7 @@ def _status(request: Request, caller: CurrentCaller, workspace_id: int, stage: s
     with ctx.db.session() as session:
         row = require_workspace(session, caller, workspace_id, Role.VIEWER)
         if stage != "run":
-            run = session.scalar(
-                select(StageRun)
-                .where(StageRun.workspace_id == workspace_id, StageRun.stage == stage)
-                .order_by(StageRun.id.desc())
-                .limit(1)
-            )
+            run = last_run(session, workspace_id, stage)
             if run is None:
                 return StageStatus(stage=stage, state="none", engine=engine is not None)
             return StageStatus(

@@ -15,13 +15,13 @@ from sqlalchemy import select
 
 from terrace.api.context import AppContext
 from terrace.engine.deploy import deploy
-from terrace.engine.pipeline import StepPlan, step_log
+from terrace.engine.pipeline import StepPlan, last_run, step_log
 from terrace.engine.reconciler import Engine
 from terrace.errors import SpecError, TerraceError
 from terrace.router.landscapes import host_for
 from terrace.sources.local import read_landscape
 from terrace.spec.landscape import DEFAULT_PORT
-from terrace.store.tables import StageRun, Team, User, Workspace
+from terrace.store.tables import Team, User, Workspace
 from terrace.store.tenancy import create_team
 from terrace.store.workspaces import add_workspace, env_vars
 
@@ -163,12 +163,7 @@ def _failed_step(
     ctx: AppContext, workspace_id: int, stage: str
 ) -> tuple[int, str, int | None] | None:
     with ctx.db.session() as session:
-        run = session.scalar(
-            select(StageRun)
-            .where(StageRun.workspace_id == workspace_id, StageRun.stage == stage)
-            .order_by(StageRun.id.desc())
-            .limit(1)
-        )
+        run = last_run(session, workspace_id, stage)
         if run is None:
             return None
         for index, step in enumerate(json.loads(run.steps)):

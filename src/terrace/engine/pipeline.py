@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from terrace.engine.desired import step_script
 from terrace.errors import Conflict
@@ -27,11 +28,21 @@ from terrace.runtimes.base import Kind, ReplicaSpec, Runtime
 from terrace.store.db import Database
 from terrace.store.tables import StageRun
 
-__all__ = ["STAGES", "Pipeline", "StepPlan", "step_log"]
+__all__ = ["STAGES", "Pipeline", "StepPlan", "last_run", "step_log"]
 
 log = logging.getLogger("terrace.engine.pipeline")
 
 STAGES = ("prepare", "test")
+
+
+def last_run(session: Session, workspace_id: int, stage: str) -> StageRun | None:
+    """The workspace's latest run of ``stage``."""
+    return session.scalar(
+        select(StageRun)
+        .where(StageRun.workspace_id == workspace_id, StageRun.stage == stage)
+        .order_by(StageRun.id.desc())
+        .limit(1)
+    )
 
 
 def step_log(home: Path, workspace_id: int, stage: str, index: int) -> Path:
