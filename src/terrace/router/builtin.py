@@ -13,17 +13,19 @@ and, with ``pool_header``, the activator behind HAProxy that holds requests for 
 their turn). The common case runs in protocol callbacks only, with no task: a request whose
 body (if any) has arrived whole goes out on an idle pooled connection as soon as its head is
 parsed, and the response is passed on as it arrives (:class:`_Exchange`). Everything that has
-to wait runs in one task per request (:meth:`BuiltinPlane._slow`): holding a request for a
-sleeping pool, opening a connection, streaming a request body, a retry, a WebSocket tunnel;
-the response is still passed on by the callbacks. Heads are rewritten (hop-by-hop headers
-removed, ``X-Forwarded-*`` and ``X-Request-Id`` set) and bodies re-framed as they stream
-(:mod:`terrace.router.client`).
+to wait runs in one task per request (:func:`terrace.router.forward._slow`): holding a request
+for a sleeping pool, opening a connection, streaming a request body, a retry, a WebSocket
+tunnel; the response is still passed on by the callbacks. Heads are rewritten (hop-by-hop
+headers removed, ``X-Forwarded-*`` and ``X-Request-Id`` set) and bodies re-framed as they
+stream (:mod:`terrace.router.client`).
 
 **Where it lives.** :mod:`terrace.router.http1`: limits, header handling, the plane's own
 answers, body framing, request and response heads. :mod:`terrace.router.connection`: the
 connections' base protocol and upstream connections. :mod:`terrace.router.client`: client
-connections and the exchange that passes a response on. Here: the plane itself (routing,
-balancing, the idle upstream connections, the tasks of requests that wait).
+connections and the exchange that passes a response on. :mod:`terrace.router.forward`: the
+tasks of requests that wait (holding, connecting, retrying, streaming a request body,
+tunnels). Here: the plane itself (the DataPlane protocol, routing, balancing, in-flight counts,
+the idle upstream connections, and the requests served in callbacks).
 
 **Rules and limits.**
 
@@ -58,7 +60,6 @@ balancing, the idle upstream connections, the tasks of requests that wait).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Collection, Coroutine, Mapping
@@ -68,23 +69,18 @@ from typing import Any, Final, cast
 import httptools
 
 from terrace.router.client import _Client, _Exchange
-from terrace.router.connection import _INF, _Conn, _Upstream
+from terrace.router.connection import _Upstream
+from terrace.router.forward import REPLAY_BODY, _failure, _slow
 from terrace.router.http1 import (
     _ABORTED,
     _ACTIVATOR_KINDS,
-    _CLOSED,
-    _CRLF,
     _DONE,
-    _MALFORMED,
     _POOL,
     _REQUEST_KINDS,
     _STALE,
-    _TIMEOUT,
-    _UPGRADED,
     IDEMPOTENT,
     _bad,
     _frame,
-    _Head,
     _new_id,
     _Reply,
     _Request,
@@ -102,18 +98,8 @@ UPSTREAM_IDLE: Final = 30.0
 """Seconds an idle upstream connection is kept."""
 UNSAFE_REUSE: Final = 2.0
 """A non-idempotent request only reuses a connection idle for less than this many seconds."""
-REPLAY_BODY: Final = 64 * 1024
-"""The largest request body kept in hand so that the request can be sent again."""
 
 _DEFAULT_TIMEOUTS: Final = Timeouts()
-
-
-class _Abort(Exception):
-    """The exchange broke after the response started, or the client left: close, no answer."""
-
-
-class _Stale(Exception):
-    """A reused upstream connection closed before any response byte."""
 
 
 class BuiltinPlane:
@@ -290,7 +276,7 @@ class BuiltinPlane:
                 up.write(head)
                 exchange.begin()
                 return
-        self._spawn(client, self._slow(client, request, route, pool, order))
+        self._spawn(client, _slow(self, client, request, route, pool, order=order))
 
     def _spawn(self, client: _Client, work: Coroutine[Any, Any, None]) -> None:
         task = self._loop.create_task(work)
@@ -333,15 +319,15 @@ class BuiltinPlane:
             and not client.closed
         ):
             pool = cast(Pool, exchange.pool)
-            work = self._slow(
-                client, request, exchange.route, pool, (exchange.backend,), fresh=True
+            work = _slow(
+                self, client, request, exchange.route, pool, order=(exchange.backend,), fresh=True
             )
             self._spawn(client, work)
             return
         if result == _ABORTED:
             client.abort()
             return
-        reply = self._failure(result, exchange.backend)
+        reply = _failure(result, exchange.backend)
         self._answer(client, request, reply)
 
     def _resume(self, client: _Client) -> None:
@@ -438,269 +424,6 @@ class BuiltinPlane:
             rid,
             extra,
         )
-
-    @staticmethod
-    def _failure(result: int, backend: Backend) -> _Reply:
-        if result == _TIMEOUT:
-            return _Reply(
-                HTTPStatus.GATEWAY_TIMEOUT,
-                f"gateway timeout: backend {backend.id} did not answer in time",
-            )
-        if result == _MALFORMED:
-            return _Reply(
-                HTTPStatus.BAD_GATEWAY, f"bad gateway: backend {backend.id} answered malformed"
-            )
-        return _Reply(
-            HTTPStatus.BAD_GATEWAY, f"bad gateway: backend {backend.id} closed without answering"
-        )
-
-    # -- one request, in a task
-
-    async def _slow(
-        self,
-        client: _Client,
-        request: _Request,
-        route: Route | None,
-        pool: Pool,
-        order: tuple[Backend, ...],
-        *,
-        fresh: bool = False,
-    ) -> None:
-        """Serve a request that has to wait for something (see the module's docstring)."""
-        try:
-            try:
-                if not order:
-                    route, pool = await self._hold(request, pool)
-                    order = self._order(pool)
-                keep = await self._forward(client, request, route, pool, order, fresh=fresh)
-            except _Reply as reply:
-                client.task = None
-                self._answer(client, request, reply)
-                if not client.lingering:
-                    self._resume(client)
-                return
-        except (_Abort, OSError):
-            client.abort()
-            return
-        except asyncio.CancelledError:
-            client.abort()
-            raise
-        except Exception:
-            logger.exception("router request failed")
-            client.abort()
-            return
-        if keep:
-            self._resume(client)
-        else:
-            client.linger()
-
-    async def _hold(self, request: _Request, pool: Pool) -> tuple[Route | None, Pool]:
-        """Wait until the request's pool has backends: its route and pool then, resolved in
-        the table that woke it. 503 when it does not wake in time."""
-        if self._on_wake is not None:
-            try:
-                self._on_wake(pool.name)
-            except Exception:
-                logger.exception("on_wake failed for pool %s", pool.name)
-        deadline = self._loop.time() + self._timeouts.wake
-        while True:
-            event = self._wakes.get(pool.name)
-            if event is None:
-                event = self._wakes[pool.name] = asyncio.Event()
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await event.wait()
-            except TimeoutError:
-                raise _Reply(
-                    HTTPStatus.SERVICE_UNAVAILABLE, f"{pool.name} did not wake in time"
-                ) from None
-            route, pool = self._resolve(request)
-            if pool.backends:
-                return route, pool
-            if not pool.wake:
-                raise _Reply(HTTPStatus.SERVICE_UNAVAILABLE, f"{pool.name} has no backend")
-
-    async def _forward(
-        self,
-        client: _Client,
-        request: _Request,
-        route: Route | None,
-        pool: Pool,
-        order: tuple[Backend, ...],
-        *,
-        fresh: bool,
-    ) -> bool:
-        """Send ``request`` to the first backend of ``order`` that accepts a connection;
-        whether the client connection stays open."""
-        rid = request.request_id or _new_id()
-        request.request_id = rid
-        head = self._upstream_head(client, request, route, rid)
-        unsafe = request.method not in IDEMPOTENT
-        for backend in order:
-            self._started(backend.id)
-            try:
-                up = None if fresh else self._take_idle(backend, unsafe=unsafe)
-                reused = up is not None
-                if up is None:
-                    try:
-                        up = await self._connect(backend)
-                    except OSError:  # refused, unreachable or timed out: the next backend
-                        continue
-                try:
-                    return await self._exchange(client, request, up, head)
-                except _Stale:
-                    if unsafe or not reused:
-                        raise self._failure(_CLOSED, backend) from None
-                # A stale keep-alive connection: once more on a new one (the retry rule).
-                try:
-                    up = await self._connect(backend)
-                except OSError:
-                    raise self._failure(_CLOSED, backend) from None
-                try:
-                    return await self._exchange(client, request, up, head)
-                except _Stale:
-                    raise self._failure(_CLOSED, backend) from None
-            finally:
-                self._finished(backend.id)
-        raise _Reply(HTTPStatus.BAD_GATEWAY, f"bad gateway: no backend of {pool.name} is reachable")
-
-    async def _connect(self, backend: Backend) -> _Upstream:
-        loop = self._loop
-        async with asyncio.timeout(self._timeouts.connect):
-            _, up = await loop.create_connection(
-                lambda: _Upstream(backend, loop), backend.host, backend.port
-            )
-        return up
-
-    async def _exchange(
-        self, client: _Client, request: _Request, up: _Upstream, head: bytes
-    ) -> bool:
-        """Send the request on ``up`` and wait until its response has been passed on; whether
-        the client connection stays open. Raises _Stale (``up`` closed before any response byte
-        and nothing was streamed), _Reply (502, 504) or _Abort."""
-        chunked = request.transfer_encoding is not None
-        first: bytes | bytearray = head
-        if request.body or (request.done and chunked):
-            first = bytearray(head)  # ``head`` stays as it is for a retry
-            _frame(first, request.body, chunked)
-            if request.done and chunked:
-                first += b"0\r\n\r\n"
-            if request.body_size > REPLAY_BODY or not request.done:
-                request.body = []  # streamed: no longer in hand
-        waiter = self._loop.create_future()
-        exchange = _Exchange(self, client, request, up, waiter)
-        up.write(first)
-        exchange.begin()
-        pump = None
-        if not request.done:
-            pump = self._loop.create_task(self._pump(client, request, up, chunked))
-        try:
-            await waiter
-        finally:
-            exchange.finish(_ABORTED)  # no-op unless cancelled
-            if pump is not None and not pump.done():
-                pump.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pump
-        failure = pump.result() if pump is not None and not pump.cancelled() else None
-        if failure is not None and not exchange.started:
-            raise failure  # the client's side broke (408, 400) or it left (_Abort)
-        result = exchange.result
-        if result == _DONE:
-            reusable = up.done and up.keep_alive and not request.upgrade and request.done
-            self._settle(up, request, reusable)
-            return exchange.keep and request.done and not request.upgrade
-        if result == _UPGRADED:
-            await self._tunnel(client, request, up, cast(_Head, exchange.head))
-            return False
-        if result == _STALE and pump is None and request.body_size <= REPLAY_BODY:
-            raise _Stale
-        if result == _ABORTED:
-            raise _Abort("the exchange broke")
-        raise self._failure(result, up.backend)
-
-    async def _pump(
-        self, client: _Client, request: _Request, up: _Upstream, chunked: bool
-    ) -> _Reply | _Abort | None:
-        """Forward the rest of the request body as it arrives. If that fails ``up`` is aborted
-        (which ends the exchange); the client's share of the failure is returned."""
-        loop = self._loop
-        timeout = self._timeouts.response
-        try:
-            while True:
-                client.deadline = loop.time() + timeout
-                up.deadline = _INF  # the backend is not due to answer before it has the body
-                try:
-                    data = await client.read()
-                except TimeoutError:
-                    up.abort()
-                    return _Reply(HTTPStatus.REQUEST_TIMEOUT, "request body not received in time")
-                except OSError:
-                    data = b""
-                if not data:
-                    up.abort()
-                    return _Abort("the client left during the request body")
-                client.feed(data)
-                if client.error is not None and not request.done:
-                    up.abort()
-                    return client.error
-                parts = request.body
-                if parts:
-                    request.body = []
-                    if chunked:
-                        up.write(b"".join([b"%x\r\n%s\r\n" % (len(p), p) for p in parts]))
-                    else:
-                        up.write(parts[0] if len(parts) == 1 else b"".join(parts))
-                up.deadline = loop.time() + timeout
-                if request.done:
-                    if chunked:
-                        up.write(b"0\r\n\r\n")
-                    up.watch()  # the response is due ``timeout`` after the body
-                    return None
-                if up._paused_writing:
-                    await up.drain()
-        except OSError:  # the backend stopped reading (or left)
-            up.abort()
-        return None
-
-    async def _tunnel(self, client: _Client, request: _Request, up: _Upstream, head: _Head) -> None:
-        """After a 101: the response head, then bytes both ways until both sides are done."""
-        out = bytearray(head.status_line)
-        out += head.kept
-        out += b"Connection: Upgrade\r\nUpgrade: " + (head.upgrade_to or b"") + _CRLF
-        out += b"X-Request-Id: " + cast(bytes, request.request_id) + _CRLF + _CRLF
-        out += cast(bytes, up.upgraded)
-        client.write(out)
-        if client.rest:
-            up.write(client.rest)
-            client.rest = None
-        idle = self._timeouts.tunnel
-        loop = self._loop
-
-        async def pipe(source: _Conn, sink: _Conn) -> None:
-            while True:
-                source.deadline = sink.deadline = loop.time() + idle
-                data = await source.read()
-                if not data:
-                    sink.half_close()
-                    return
-                sink.write(data)
-                if sink._paused_writing:
-                    await sink.drain()
-
-        upward = loop.create_task(pipe(client, up))
-        try:
-            await pipe(up, client)
-            await upward
-        except (OSError, TimeoutError):
-            pass
-        finally:
-            if not upward.done():
-                upward.cancel()
-            with contextlib.suppress(asyncio.CancelledError, OSError, TimeoutError):
-                await upward
-            up.abort()
-            client.abort()
 
     # -- backends: balancing, in-flight counts, idle connections
 
