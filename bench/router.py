@@ -29,7 +29,8 @@ times (the order rotated each round), so slow drift of the machine lands on ever
 
 Figures per peer are medians over the rounds; a ratio to nginx (and an added latency) is
 taken within each round, between runs a few seconds apart, then the median over the rounds:
-on this VM the speed of the same run drifts by up to 1.6x within minutes.
+on this VM the speed of the same run drifts by up to 1.6x within minutes, and one round's
+ratio can be anywhere from 0.7 to 1.4 for two peers of equal cost, hence many short rounds.
 
 Everything shares the machine's CPUs (2 here): wrk, the backend, the proxy, the kernel's
 loopback work. So each run also records who used them: the proxy's process tree, the backend,
@@ -62,7 +63,7 @@ the replica's first process's start time comes from /proc (to 1/100 s). So a wak
 it), ``request`` (the engine publishes the replica, the held request is forwarded), ``answer``.
 A standalone boot has ``start``, ``listen``, and ``health`` (there: until the first poll).
 
-    .venv/bin/python bench/router.py [--quick] [--rounds 5] [--seconds 6] [--connections 32]
+    .venv/bin/python bench/router.py [--quick] [--rounds 10] [--seconds 3] [--connections 32]
                                      [--wakes 20] [--peers direct,nginx,haproxy,builtin]
                                      [--retries 2] [--quiet 10] [--nginx-workers auto]
                                      [--no-wake] [--no-load]
@@ -1035,8 +1036,8 @@ def interrupted(signum: int, _frame: object) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s, 3 wakes per plane")
-    parser.add_argument("--rounds", type=int, default=None, help="repeats of each phase (5)")
-    parser.add_argument("--seconds", type=float, default=None, help="per wrk run (6; quick 2)")
+    parser.add_argument("--rounds", type=int, default=None, help="repeats of each phase (10)")
+    parser.add_argument("--seconds", type=float, default=None, help="per wrk run (3; quick 2)")
     parser.add_argument("--connections", type=int, default=32, help="wrk -c for throughput")
     parser.add_argument("--wakes", type=int, default=None, help="wakes per plane (20; quick 3)")
     parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated peers")
@@ -1062,8 +1063,8 @@ def main() -> None:
         serve_plane(args.serve_plane, args.backend, args.state_dir)
         return
     signal.signal(signal.SIGTERM, interrupted)
-    rounds = args.rounds or (1 if args.quick else 5)
-    seconds = args.seconds or (2.0 if args.quick else 6.0)
+    rounds = args.rounds or (1 if args.quick else 10)
+    seconds = args.seconds or (2.0 if args.quick else 3.0)
     wakes = args.wakes or (3 if args.quick else 20)
     warmup = 1.0
     quiet = args.quiet if args.quiet is not None else (2.0 if args.quick else 10.0)

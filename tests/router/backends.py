@@ -25,6 +25,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import re
 import socket
 import struct
 from collections import deque
@@ -37,7 +38,10 @@ import httptools
 
 from terrace.router.table import Backend
 
-__all__ = ["Echo", "Upstream", "big_body", "closed_port", "until", "upstreams"]
+__all__ = ["REQUEST_ID", "Echo", "Upstream", "big_body", "closed_port", "until", "upstreams"]
+
+REQUEST_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+"""A request id both planes make: a version 4 UUID in its canonical text form."""
 
 GUARD = 20.0  # seconds: fails a hung wait; never used to wait for something to happen
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"

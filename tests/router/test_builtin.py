@@ -21,12 +21,11 @@ import pytest
 from terrace.router.builtin import BuiltinPlane
 from terrace.router.plane import Timeouts
 from terrace.router.table import Backend, Balance, Pool, Route
-from tests.router.backends import GUARD, until, upstreams
+from tests.router.backends import GUARD, REQUEST_ID, until, upstreams
 from tests.router.conftest import RawConnection, RawResponse, Woken, pool, table
 
 T = TypeVar("T")
 TIMEOUTS = Timeouts(connect=2.0, head=5.0, response=5.0, tunnel=10.0, wake=5.0)
-REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 
 

@@ -10,7 +10,6 @@ import asyncio
 import hashlib
 import json
 import random
-import re
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -19,7 +18,7 @@ import pytest
 from websockets.asyncio.client import connect as websocket
 
 from terrace.router.table import Backend, Balance, Pool, Route
-from tests.router.backends import Echo, big_body, closed_port, until
+from tests.router.backends import REQUEST_ID, Echo, big_body, closed_port, until
 from tests.router.conftest import Harness, eventually, joined, pool, values
 
 MB = 1_000_000
@@ -148,12 +147,16 @@ def test_hosts_choose_their_routes_and_other_hosts_get_the_default_routes(
 
 
 def test_a_request_no_route_matches_gets_404(plane: Harness) -> None:
-    async def main() -> list[int]:
+    async def main() -> list[tuple[int, bool]]:
         (web,) = await plane.backends("web")
         await plane.apply(Route("/api", "web"), pool("web", web))
-        return [(await plane.get(target)).status_code for target in ("/", "/apix", "/ap", "/x")]
+        answers = [await plane.get(target) for target in ("/", "/apix", "/ap", "/x")]
+        return [
+            (a.status_code, bool(REQUEST_ID.fullmatch(a.headers.get("x-request-id", ""))))
+            for a in answers
+        ]
 
-    assert plane.run(main()) == [404, 404, 404, 404]
+    assert plane.run(main()) == [(404, True)] * 4
 
 
 def test_the_path_form_reaches_a_workspace_port_without_dns(plane: Harness) -> None:
@@ -398,19 +401,24 @@ def test_a_pool_whose_only_backend_is_down_answers_502_or_503(plane: Harness) ->
 
 
 def test_a_backend_that_hangs_up_before_answering_gets_502(plane: Harness) -> None:
-    async def main() -> tuple[list[int], int]:
+    async def main() -> tuple[list[tuple[int, str | None, str | None]], int]:
         (web,) = await plane.backends("web")
         await plane.apply(Route("/", "web"), pool("web", web))
-        statuses = []
+        answers = []
         for method in ["GET", "POST"]:  # each the first request of its client connection
             connection = await plane.connect()
-            response = await connection.request("/hangup", host="x", method=method, body=b"")
-            statuses.append(response.status)
-        return statuses, web.handled
+            response = await connection.request(
+                "/hangup", host="x", method=method, body=b"", headers={"X-Request-Id": method}
+            )
+            answers.append(
+                (response.status, response.header("connection"), response.header("x-request-id"))
+            )
+        return answers, web.handled
 
-    statuses, handled = plane.run(main())
+    answers, handled = plane.run(main())
 
-    assert statuses == [502, 502]
+    # the plane closes the connection after a 502, and says so
+    assert answers == [(502, "close", "GET"), (502, "close", "POST")]
     assert handled >= 2  # the backend did get them
 
 
@@ -459,9 +467,6 @@ def test_a_backend_that_does_not_answer_in_time_gets_504(plane: Harness) -> None
 # --- headers ---
 
 
-REQUEST_ID = re.compile(r"[0-9a-f]{32}")
-
-
 def test_a_request_id_is_made_when_absent_kept_when_present_and_returned(
     plane: Harness,
 ) -> None:
@@ -504,6 +509,7 @@ def test_forwarded_headers_are_set_and_client_values_replaced_or_appended(
                 "X-Forwarded-Proto": "https",
                 "X-Forwarded-Host": "spoofed.example",
                 "X-Forwarded-Port": "1",
+                "X-Forwarded-Prefix": "/spoofed",
             },
         )
         plain = await plane.get("/", host=host)
@@ -521,6 +527,7 @@ def test_forwarded_headers_are_set_and_client_values_replaced_or_appended(
     assert {name: values(plain, name) for name in expected} == expected
     assert joined(spoofing, "x-forwarded-for") == "203.0.113.7, 127.0.0.1"
     assert joined(plain, "x-forwarded-for") == "127.0.0.1"
+    assert values(spoofing, "x-forwarded-prefix") == []  # a route that strips nothing
 
 
 # --- connections ---

@@ -13,9 +13,10 @@ difference between the current and the new table into runtime commands
 - a backend is a dynamic server (``add server`` + ``enable server``); one that leaves its pool is
   set to ``drain`` (no new request, requests in flight go on); :meth:`HaproxyPlane.drained` waits
   for its sessions to end (``show stat``), then puts it in ``maint`` and deletes it;
-- a sleeping pool's slot holds one server, the *activator* (a :class:`BuiltinPlane` in
-  ``pool_header`` mode on 127.0.0.1), and its requests carry ``X-Terrace-Pool``; the activator
-  holds them and calls ``on_wake`` until a later table gives the pool backends.
+- a sleeping pool's routes lead to the ``activator`` backend, whose one server is the
+  *activator* (a :class:`BuiltinPlane` in ``pool_header`` mode on 127.0.0.1, started on first
+  need), with ``X-Terrace-Pool`` naming the pool; the activator holds them and calls
+  ``on_wake`` until a later table gives the pool backends, then forwards them itself.
 
 The order of the commands keeps every request routed during an apply: servers are added before
 the map entries that lead to them, and drained after the entries that led to them are gone.
@@ -33,8 +34,8 @@ most ``MAX_STRIP_DEPTH`` path segments; past them :meth:`apply` raises :class:`H
 changes nothing (more slots take a restart with a larger ``slots``: HAProxy 2.6 cannot create
 backends at run time, and a reload would lose the dynamic servers). A refused connection is
 retried up to 3 times, on another server when the pool has one (round-robin) and after HAProxy's
-1 s turn-around otherwise (leastconn, or a pool of one). Request idleness is kept with
-millisecond precision in a stick table keyed by pool (``idle()``).
+1 s turn-around otherwise (leastconn, or a pool of one). How long a pool has had no request is
+its slot backend's ``lastsess`` in ``show stat`` (whole seconds, rounded down; ``idle()``).
 """
 
 from __future__ import annotations
@@ -52,8 +53,6 @@ from pathlib import Path
 from terrace.router.haproxy_api import Command, HaproxyError, RuntimeApi
 from terrace.router.haproxy_config import (
     ACTIVATOR,
-    IDLE_EXPIRE_MS,
-    IDLE_TABLE,
     MAPS,
     POOL_HEADER,
     SOCKET,
@@ -62,6 +61,7 @@ from terrace.router.haproxy_config import (
 )
 from terrace.router.haproxy_plan import (
     Slots,
+    adding,
     parse_map,
     parse_servers_state,
     plan,
@@ -147,8 +147,8 @@ class HaproxyPlane:
         self._process: asyncio.subprocess.Process | None = None
         self._state = Slots()
         self._appeared: dict[str, float] = {}
+        """Pool -> when it appeared or last changed slot (loop time)."""
         self._activator: DataPlane | None = None
-        self._activator_bound = 0
         self._lock = asyncio.Lock()
 
     @property
@@ -209,9 +209,9 @@ class HaproxyPlane:
     async def apply(self, table: RouteTable) -> None:
         async with self._lock:
             self._check_running()
-            activator = None
-            if self._activator is not None or any(map(sleeping, table.pools.values())):
-                activator = ("127.0.0.1", await self._activator_port())
+            if self._activator is None and any(map(sleeping, table.pools.values())):
+                await self._start_activator()
+            activator = self._activator is not None
             try:
                 after, commands = plan(self._state, table, slots=self._slots, activator=activator)
             except HaproxyError:
@@ -225,9 +225,12 @@ class HaproxyPlane:
                 # HAProxy ran the other commands: learn what it holds now, then report.
                 self._state = await self._read_back(after.slot_of)
                 raise
-            self._state = after
+            before, self._state = self._state.slot_of, after
             now = asyncio.get_running_loop().time()
-            self._appeared = {n: self._appeared.get(n, now) for n in table.pools}
+            self._appeared = {
+                n: self._appeared[n] if n in self._appeared and before.get(n) == slot else now
+                for n, slot in after.slot_of.items()
+            }
             await self._collect()
 
     async def drained(self, backend_ids: Collection[str], *, timeout: float) -> bool:
@@ -251,13 +254,13 @@ class HaproxyPlane:
 
     async def idle(self) -> Mapping[str, float]:
         now = asyncio.get_running_loop().time()
-        since_request: dict[str, float] = {}
-        for line in (await self._api.show(f"show table {IDLE_TABLE}")).splitlines():
-            fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
-            if "key" in fields and "exp" in fields:
-                since_request[fields["key"]] = (IDLE_EXPIRE_MS - int(fields["exp"])) / 1000
+        last: dict[str, int] = {}  # slot -> whole seconds since its last request
+        for row in _stat_rows(await self._api.show("show stat -1 2 -1")):
+            if row.get("lastsess", "").isdigit():  # "-1": none yet
+                last[row["pxname"]] = int(row["lastsess"])
+        slot_of = self._state.slot_of
         return {
-            pool: min(now - appeared, since_request.get(pool, float("inf")))
+            pool: min(now - appeared, last.get(slot_of[pool], float("inf")))
             for pool, appeared in self._appeared.items()
         }
 
@@ -314,17 +317,20 @@ class HaproxyPlane:
                 + (self.log_path.read_text(errors="replace").strip()[-2000:] or "never started")
             )
 
-    async def _activator_port(self) -> int:
-        """The port of the activator, started on first need."""
-        if self._activator is None:
-            from terrace.router.builtin import BuiltinPlane  # noqa: PLC0415 - only when needed
+    async def _start_activator(self) -> None:
+        """Start the activator and make it the ``activator`` backend's server."""
+        from terrace.router.builtin import BuiltinPlane  # noqa: PLC0415 - only when needed
 
-            activator = BuiltinPlane(
-                timeouts=self._timeouts, on_wake=self._on_wake, pool_header=POOL_HEADER
-            )
-            self._activator_bound = await activator.start("127.0.0.1", 0)
-            self._activator = activator
-        return self._activator_bound
+        activator = BuiltinPlane(
+            timeouts=self._timeouts, on_wake=self._on_wake, pool_header=POOL_HEADER
+        )
+        port = await activator.start("127.0.0.1", 0)
+        try:
+            await self._api.run(adding(ACTIVATOR, "127.0.0.1", port))
+        except BaseException:
+            await activator.close()
+            raise
+        self._activator = activator
 
     async def _read_back(self, slot_of: Mapping[str, str]) -> Slots:
         """What HAProxy holds now (``slot_of`` cannot be read back: pools without a route)."""
@@ -387,13 +393,13 @@ class HaproxyPlane:
 
     async def _collect(self) -> None:
         """Delete draining servers whose requests have ended among those nobody will wait for
-        with :meth:`drained`: activators of pools that woke, servers of slots no pool holds
-        (a pool that left, or moved to the other algorithm). Their slots are free again."""
+        with :meth:`drained`: servers of slots no pool holds (a pool that left, or moved to the
+        other algorithm). Their slots are free again."""
         held = set(self._state.slot_of.values())
 
         def leftover(slot: str, name: str) -> bool:
             server = self._state.servers[slot][name]
-            return not server.ready and (name == ACTIVATOR or slot not in held)
+            return not server.ready and slot not in held
 
         busy = await self._busy(leftover)
         await self._remove(lambda slot, name: leftover(slot, name) and (slot, name) not in busy)

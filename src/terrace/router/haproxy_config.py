@@ -3,32 +3,44 @@
 HAProxy 2.6 cannot add backends, maps or rules at run time, so the file declares them all once and
 :mod:`terrace.router.haproxy` then only changes map entries and servers over the runtime socket:
 
-- three maps (files in the state folder, empty at start): ``hosts.map`` (each host some route
-  names, and the same with a trailing dot, to itself), ``exact.map`` and ``prefix.map`` (route
-  keys to route values, see :func:`route_value`);
+- two maps (files in the state folder, empty at start): ``hosts.map`` (each host some route
+  names, and the same with a trailing dot, to itself) and ``prefix.map`` (route keys to route
+  values, see :func:`route_value`);
 - ``slots`` empty backends per balance algorithm (``rr0``.., ``lc0``..): a pool is given one of
   them for as long as it exists and its backends become dynamic servers there;
-- a stick table keyed by pool name whose entries' expiry says when a pool last had a request.
+- the ``activator`` backend, where every sleeping pool's requests go: one dynamic server, the
+  activator (added when it starts), and the server timeout of a request that waits for a wake.
 
-How the frontend routes a request (verified on HAProxy 2.6.12):
+How the frontend routes a request (verified on HAProxy 2.6.12), in as few rules as it can: every
+rule costs each request, and this file is what the plane's throughput against nginx's comes down
+to (``bench/router.py``; 32 strip rules, one pair per depth, once cost a fifth of it):
 
-1. ``host``: the ``Host`` header lowercased, ``:port`` removed, looked up in ``hosts.map``; ``*``
-   when that fails (no header, an IP literal, a host no route names): the default routes.
-2. ``key`` = host + path. ``exact.map`` holds ``host+prefix`` for each route (a request for the
-   prefix itself); ``prefix.map`` holds ``host+prefix+"/"`` (``host+"/"`` for the root) and is
+1. The key: the ``Host`` header lowercased, ``:port`` cut, looked up in ``hosts.map`` (``*`` when
+   that fails: no header, an IP literal, a host no route names: the default routes), then the
+   path, then ``/``. ``prefix.map`` holds ``host+prefix+"/"`` (``host+"/"`` for the root) and is
    read with ``map_beg``, which HAProxy 2.6 indexes as a prefix tree and answers with the longest
-   matching entry whatever the insertion order. The exact hit, when there is one, is the longest
-   match; a ``/`` ends every prefix key, so ``/api`` never matches ``/apis``.
-3. No value: 404. Else the value ``slot/depth/pool/sleeping`` picks the slot backend; ``depth``
-   path segments are stripped with ``field()`` (2.6's ``bytes()`` takes no variable, so one rule
-   pair per depth up to :data:`MAX_STRIP_DEPTH`), ``X-Forwarded-Prefix`` set to them; a sleeping
-   pool's requests carry ``X-Terrace-Pool`` for the activator behind its slot.
+   matching entry whatever the insertion order. The ``/`` at the end of both is a segment
+   boundary: ``/api`` and ``/api/x`` match the route ``/api``, ``/apis`` does not.
+2. The value ``flags?backend?pool?pad?strip`` (``?`` is in no prefix, backend or pool name)
+   names the backend: the pool's slot, or ``activator`` while it sleeps (that backend adds
+   ``X-Terrace-Pool: pool`` for the activator). No value: the default backend answers 404.
+   ``flags`` is ``p`` when the route strips (else ``-``): then ``X-Forwarded-Prefix`` is
+   ``strip`` and the path loses its first ``depth`` segments in one rule. 2.6's ``field()``
+   takes no variable, so ``pad`` (``MAX_STRIP_DEPTH - depth`` slashes) goes in front of the path
+   first: the rest of the path then always starts at the same field.
+
+Request ids are HAProxy's ``uuid`` (version 4, the canonical text form) unless the request has
+one; ``unique-id-format`` keeps it for the response without a variable. Only the activator's
+backend sets ``X-Terrace-Pool`` (replacing any a client sent): no rule removes it elsewhere, an
+app may see a client's. When a pool last had a request is its slot backend's ``lastsess``
+(``show stat``, whole seconds), which HAProxy keeps anyway.
 
 Other things HAProxy 2.6.12 does that shaped this file: a relative ``stats socket`` path needs the
 ``unix@`` prefix; ``http-request set-timeout`` is refused in a frontend (so each slot sets the
 longer server timeout of a sleeping pool itself); after a 502 it closes the client connection
 without saying so, and a client that reuses it loses its next request: the 502 and 504 answers
-carry ``Connection: close``; ``-q`` would hide the messages of a failed start too.
+carry ``Connection: close`` (``http-error ... hdr``: no rule per response); ``-q`` would hide
+the messages of a failed start too.
 """
 
 from __future__ import annotations
@@ -40,10 +52,8 @@ from terrace.router.table import Balance
 
 __all__ = [
     "ACTIVATOR",
-    "EXACT_MAP",
+    "ACTIVATOR_BACKEND",
     "HOSTS_MAP",
-    "IDLE_EXPIRE_MS",
-    "IDLE_TABLE",
     "MAPS",
     "MAX_STRIP_DEPTH",
     "POOL_HEADER",
@@ -57,18 +67,18 @@ __all__ = [
 ]
 
 HOSTS_MAP = "hosts.map"
-EXACT_MAP = "exact.map"
 PREFIX_MAP = "prefix.map"
-MAPS = (HOSTS_MAP, EXACT_MAP, PREFIX_MAP)
+MAPS = (HOSTS_MAP, PREFIX_MAP)
 SOCKET = "admin.sock"
-IDLE_TABLE = "idle"
-IDLE_EXPIRE_MS = 24 * 24 * 3600 * 1000
-"""The stick table's expiry (24 days, near HAProxy's longest timer): ms left = ms since use."""
 MAX_STRIP_DEPTH = 16
 """The most path segments a route may strip (``/_ws/12-3000`` is 2)."""
 POOL_HEADER = "X-Terrace-Pool"
-ACTIVATOR = "terrace:activator"
-"""The server name of the activator in a sleeping pool's slot (no backend id has a colon)."""
+ACTIVATOR_BACKEND = "activator"
+"""The backend where sleeping pools' requests go (no slot has this name)."""
+ACTIVATOR = f"{ACTIVATOR_BACKEND}/activator"
+"""The activator's server."""
+_STRIPS = "if { var(txn.route) -m beg p }"
+_NO_ROUTE = "no-route"
 _SLOT_PREFIX = {Balance.ROUND_ROBIN: "rr", Balance.LEAST_CONN: "lc"}
 
 _MESSAGES = {
@@ -105,9 +115,18 @@ def slot_balance(slot: str) -> Balance | None:
     return next((b for b, p in _SLOT_PREFIX.items() if p == prefix), None)
 
 
-def route_value(*, slot: str, depth: int, pool: str, sleeping: bool) -> str:
-    """A route's map value (no part holds a ``/``: slot and pool names cannot)."""
-    return f"{slot}/{depth}/{pool}/{int(sleeping)}"
+def route_value(*, slot: str, pool: str, strip: str, sleeping: bool) -> str:
+    """A route's map value, ``flags?backend?pool?pad?strip`` (see the module's docstring).
+
+    ``strip`` is the path prefix the route removes ("" for none), at most
+    :data:`MAX_STRIP_DEPTH` segments; no part but ``strip`` holds a ``?`` (none can, in fact).
+    """
+    depth = strip.count("/")
+    if depth > MAX_STRIP_DEPTH:
+        raise ValueError(f"{strip!r} has {depth} path segments")
+    pad = "/" * (MAX_STRIP_DEPTH - depth) if strip else ""
+    backend = ACTIVATOR_BACKEND if sleeping else slot
+    return f"{'p' if strip else '-'}?{backend}?{pool}?{pad}?{strip}"
 
 
 def _ms(seconds: float) -> str:
@@ -142,61 +161,41 @@ def render(layout: Layout) -> str:
         f"  timeout tunnel {_ms(t.tunnel)}",
         *(
             f'  http-error status {status} content-type text/plain string "{text}\\n"'
+            + (" hdr Connection close" if status in (502, 504) else "")
             for status, text in _MESSAGES.items()
         ),
         "",
         "frontend terrace",
         f"  bind {layout.listen}",
-        f"  http-request del-header {POOL_HEADER}",
+        # The request's id, or a new one, is the id HAProxy keeps for the response (below).
+        "  unique-id-format %[req.fhdr(x-request-id)]",
+        "  http-request set-header X-Request-Id %[uuid] unless { req.hdr(x-request-id) -m found }",
         "  http-request del-header X-Forwarded-Prefix",
-        "  http-request set-header X-Request-Id %[uuid,regsub(-,,g)]"
-        " unless { req.hdr(x-request-id) -m found }",
-        "  http-request set-var(txn.request_id) req.fhdr(x-request-id)",
         "  http-request set-header X-Forwarded-Proto http",
         "  http-request set-header X-Forwarded-Host %[req.fhdr(host)]"
         " if { req.fhdr(host) -m found }",
         "  http-request del-header X-Forwarded-Host unless { req.fhdr(host) -m found }",
         "  http-request set-header X-Forwarded-Port %[dst_port]",
-        "  http-request set-var(txn.host) str(*)",
-        "  http-request set-var(txn.host) req.fhdr(host),lower,regsub(:[^:]*$,),"
-        f"map_str({HOSTS_MAP})",
         "  http-request set-var(txn.path) path",
-        "  http-request set-var(txn.key) var(txn.host),concat(,txn.path)",
-        f"  http-request set-var(txn.route) var(txn.key),map_str({EXACT_MAP})",
-        f"  http-request set-var(txn.route) var(txn.key),map_beg({PREFIX_MAP})"
-        " unless { var(txn.route) -m found }",
-        '  http-request return status 404 content-type text/plain string "no route\\n"'
-        " unless { var(txn.route) -m found }",
-        "  http-request set-var(txn.slot) var(txn.route),field(1,/)",
-        "  http-request set-var(txn.strip) var(txn.route),field(2,/)",
-        "  http-request set-var(txn.pool) var(txn.route),field(3,/)",
-        "  http-request set-var(txn.sleeping) var(txn.route),field(4,/)",
-        f"  http-request track-sc0 var(txn.pool) table {IDLE_TABLE}",
-        f"  http-request set-header {POOL_HEADER} %[var(txn.pool)]"
-        " if { var(txn.sleeping) -m str 1 }",
+        "  http-request set-var(txn.route) req.fhdr(host),lower,field(1,:),"
+        f"map_str({HOSTS_MAP},*),concat(,txn.path,/),map_beg({PREFIX_MAP})",
+        f"  http-request set-header X-Forwarded-Prefix %[var(txn.route),field(5,?,0)] {_STRIPS}",
+        "  http-request set-path /%[var(txn.route),field(4,?),concat(,txn.path),"
+        f"field({MAX_STRIP_DEPTH + 2},/,0)] {_STRIPS}",
+        "  use_backend %[var(txn.route),field(2,?)]",  # none for "": the default
+        f"  default_backend {_NO_ROUTE}",
+        "  http-after-response set-header X-Request-Id %[unique-id]",
     ]
-    for depth in range(1, MAX_STRIP_DEPTH + 1):
-        when = f"if {{ var(txn.strip) -m int {depth} }}"
-        lines += [
-            f"  http-request set-header X-Forwarded-Prefix %[path,field(1,/,{depth + 1})] {when}",
-            f"  http-request set-path /%[path,field({depth + 2},/,0)] {when}",
-        ]
     lines += [
-        "  use_backend %[var(txn.slot)]",
-        "  http-after-response set-header Connection close if { status 502 } || { status 504 }",
-        "  http-after-response set-header X-Request-Id %[var(txn.request_id)]"
-        " if { var(txn.request_id) -m found }",
         "",
-        f"backend {IDLE_TABLE}",
-        f"  stick-table type string len 100 size 1m expire {IDLE_EXPIRE_MS}",
+        f"backend {_NO_ROUTE}",
+        '  http-request return status 404 content-type text/plain string "no route\\n"',
+        "",
+        f"backend {ACTIVATOR_BACKEND}",
+        f"  timeout server {_ms(held)}",
+        f"  http-request set-header {POOL_HEADER} %[var(txn.route),field(3,?)]",
     ]
     for balance in Balance:
         for slot in slot_names(balance, layout.slots):
-            lines += [
-                "",
-                f"backend {slot}",
-                f"  balance {balance.value}",
-                f"  http-request set-timeout server {_ms(held)}"
-                " if { var(txn.sleeping) -m str 1 }",
-            ]
+            lines += ["", f"backend {slot}", f"  balance {balance.value}"]
     return "\n".join(lines) + "\n"

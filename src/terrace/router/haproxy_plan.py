@@ -6,11 +6,11 @@ an order that keeps every request routed while they run one after another:
 
 1. servers that new map entries will lead to: ``add server`` + ``enable server`` (a dynamic
    server starts in maintenance), ``set server ... state ready`` for one coming back from
-   ``drain``; the activator of a pool that woke: ``drain``;
-2. route entries added or changed (``add map``/``set map`` in ``exact.map`` and ``prefix.map``),
+   ``drain``;
+2. route entries added or changed (``add map``/``set map`` in ``prefix.map``; a sleeping pool's
+   lead to the activator's backend, whose server the plane adds when it starts the activator),
    then hosts added to and removed from ``hosts.map``, then route entries removed;
-3. servers that old map entries led to: ``drain``; and the activator of a pool that fell
-   asleep (its requests carry the pool header only from step 2 on).
+3. servers that old map entries led to: ``drain`` (a pool that fell asleep keeps its slot).
 
 A slot that the current maps lead to and that changes pool (an empty pool left, another took
 its slot) gets its servers in step 3. Deleting a drained server is :func:`removal`, once its
@@ -26,8 +26,6 @@ from dataclasses import dataclass, field, replace
 
 from terrace.router.haproxy_api import Command, HaproxyError, escape
 from terrace.router.haproxy_config import (
-    ACTIVATOR,
-    EXACT_MAP,
     HOSTS_MAP,
     MAPS,
     MAX_STRIP_DEPTH,
@@ -38,7 +36,16 @@ from terrace.router.haproxy_config import (
 )
 from terrace.router.table import Balance, Pool, RouteTable
 
-__all__ = ["Server", "Slots", "parse_map", "parse_servers_state", "plan", "removal", "sleeping"]
+__all__ = [
+    "Server",
+    "Slots",
+    "adding",
+    "parse_map",
+    "parse_servers_state",
+    "plan",
+    "removal",
+    "sleeping",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,31 +76,25 @@ def sleeping(pool: Pool) -> bool:
 
 
 def _maps(table: RouteTable, slot_of: Mapping[str, str]) -> dict[str, dict[str, str]]:
-    """The three maps' entries for ``table`` (see :mod:`terrace.router.haproxy_config`)."""
+    """The two maps' entries for ``table`` (see :mod:`terrace.router.haproxy_config`)."""
     hosts: dict[str, str] = {}
     for host in table.hosts:
         hosts[host] = hosts[f"{host}."] = host
-    exact: dict[str, str] = {}
     prefixes: dict[str, str] = {}
-    values: dict[tuple[str, str], str] = {}  # by (pool, strip)
     pools = table.pools
     for route in table.routes:
-        value = values.get((route.pool, route.strip))
-        if value is None:
-            depth = route.strip.count("/")
-            if depth > MAX_STRIP_DEPTH:
-                raise HaproxyError(
-                    f"route {route.host or '*'}{route.prefix}: HAProxy strips at most "
-                    f"{MAX_STRIP_DEPTH} path segments, {route.strip!r} has {depth}"
-                )
-            pool = pools[route.pool]
-            value = values[route.pool, route.strip] = route_value(
-                slot=slot_of[pool.name], depth=depth, pool=pool.name, sleeping=sleeping(pool)
+        depth = route.strip.count("/")
+        if depth > MAX_STRIP_DEPTH:
+            raise HaproxyError(
+                f"route {route.host or '*'}{route.prefix}: HAProxy strips at most "
+                f"{MAX_STRIP_DEPTH} path segments, {route.strip!r} has {depth}"
             )
+        pool = pools[route.pool]
         key = (route.host or "*") + route.prefix
-        exact[key] = value
-        prefixes[key if route.prefix == "/" else f"{key}/"] = value
-    return {HOSTS_MAP: hosts, EXACT_MAP: exact, PREFIX_MAP: prefixes}
+        prefixes[key if route.prefix == "/" else f"{key}/"] = route_value(
+            slot=slot_of[pool.name], pool=pool.name, strip=route.strip, sleeping=sleeping(pool)
+        )
+    return {HOSTS_MAP: hosts, PREFIX_MAP: prefixes}
 
 
 @functools.lru_cache(maxsize=4096)
@@ -131,18 +132,22 @@ def _assign(current: Slots, table: RouteTable, slots: int) -> dict[str, str]:
     return slot_of
 
 
+def adding(target: str, host: str, port: int) -> list[Command]:
+    """The commands that add the server ``backend/name`` and let it take requests."""
+    return [
+        # Dynamic servers keep no idle connection unless told (2.6: both default to 0).
+        Command(
+            f"add server {target} {host}:{port} pool-max-conn -1 pool-purge-delay 5s",
+            "New server registered.",
+        ),
+        Command(f"enable server {target}"),
+    ]
+
+
 def _server_commands(slot: str, name: str, wanted: Server, had: Server | None) -> list[Command]:
     target = f"{slot}/{name}"
     if had is None:
-        return [
-            # Dynamic servers keep no idle connection unless told (2.6: both default to 0).
-            Command(
-                f"add server {target} {wanted.host}:{wanted.port}"
-                " pool-max-conn -1 pool-purge-delay 5s",
-                "New server registered.",
-            ),
-            Command(f"enable server {target}"),
-        ]
+        return adding(target, wanted.host, wanted.port)
     commands = []
     if (had.host, had.port) != (wanted.host, wanted.port):
         commands.append(Command(f"set server {target} addr {wanted.host} port {wanted.port}", None))
@@ -165,27 +170,24 @@ def _map_commands(
 
 
 def plan(
-    current: Slots, table: RouteTable, *, slots: int, activator: tuple[str, int] | None
+    current: Slots, table: RouteTable, *, slots: int, activator: bool
 ) -> tuple[Slots, list[Command]]:
     """What HAProxy holds once ``table`` is applied, and the commands that get it there.
 
     Raises ValueError or :class:`HaproxyError` (and changes nothing) for a table HAProxy cannot
     follow: a backend host that is not an IPv4 address, too deep a strip, no free slot, a
-    sleeping pool without an ``activator`` address.
+    sleeping pool without an ``activator``.
     """
     for pool in table.pools.values():
         for backend in pool.backends:
             _check_ipv4(backend.host)
-        if sleeping(pool) and activator is None:
+        if sleeping(pool) and not activator:
             raise ValueError(f"pool {pool.name} sleeps and there is no activator")
     slot_of = _assign(current, table, slots)
     maps = _maps(table, slot_of)
     wanted: dict[str, dict[str, Server]] = {}
     for name, pool in table.pools.items():
-        members = {b.id: Server(b.host, b.port) for b in pool.backends}
-        if sleeping(pool) and activator is not None:
-            members[ACTIVATOR] = Server(*activator)
-        wanted[slot_of[name]] = members
+        wanted[slot_of[name]] = {b.id: Server(b.host, b.port) for b in pool.backends}
 
     owner = {slot: name for name, slot in current.slot_of.items()}  # what the maps lead to now
     after = Slots(slot_of, {s: dict(m) for s, m in current.servers.items()}, maps)
@@ -195,9 +197,8 @@ def plan(
         had = current.servers.get(slot, {})
         for server_name, server in wanted[slot].items():
             # Servers wait for the new map values when the current ones lead other requests
-            # to this slot (those of a pool that just left it), and an activator waits until
-            # its pool's requests carry the pool header.
-            late = slot in owner and (owner[slot] != name or server_name == ACTIVATOR)
+            # to this slot (those of a pool that just left it).
+            late = slot in owner and owner[slot] != name
             commands = _server_commands(slot, server_name, server, had.get(server_name))
             (last if late else first).extend(commands)
             after.servers.setdefault(slot, {})[server_name] = server
@@ -206,17 +207,10 @@ def plan(
         for name, server in servers.items():
             if not server.ready or (kept is not None and name in kept):
                 continue
-            # A pool that woke drains its activator before its routes lose the pool header.
-            woke = name == ACTIVATOR and kept is not None
-            (first if woke else last).append(Command(f"set server {slot}/{name} state drain"))
+            last.append(Command(f"set server {slot}/{name} state drain"))
             after.servers[slot][name] = replace(server, ready=False)
 
-    upserts: list[Command] = []
-    deletes: list[Command] = []
-    for name in (EXACT_MAP, PREFIX_MAP):
-        add, remove = _map_commands(current.maps[name], maps[name], name)
-        upserts += add
-        deletes += remove
+    upserts, deletes = _map_commands(current.maps[PREFIX_MAP], maps[PREFIX_MAP], PREFIX_MAP)
     # Hosts last in, first out: a host's routes exist before requests for it stop falling back
     # to the default routes, and stay until they do again.
     add_hosts, remove_hosts = _map_commands(current.maps[HOSTS_MAP], maps[HOSTS_MAP], HOSTS_MAP)

@@ -86,8 +86,10 @@ def _bad(text: str) -> _Reply:
 
 
 def _new_id() -> bytes:
-    """A random (version 4) UUID as 32 hex digits; not for secrets, so no system call."""
-    return b"%032x" % (_random_bits(128) & _UUID_MASK | _UUID_BITS)
+    """A random (version 4) UUID in its canonical text form, as HAProxy's ``uuid`` makes them;
+    not for secrets, so no system call."""
+    h = b"%032x" % (_random_bits(128) & _UUID_MASK | _UUID_BITS)
+    return b"-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:]))
 
 
 def _status_line(line: bytes) -> bytes:
