@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -21,6 +22,7 @@ from terrace.engine.desired import ServiceRun, render_env
 from terrace.engine.pipeline import Pipeline
 from terrace.engine.planner import Backoff, Plan, Start, failed_rollouts, plan
 from terrace.engine.plans import PlanTable
+from terrace.engine.readiness import Readiness
 from terrace.engine.sleep import Sleepers
 from terrace.engine.state import DesiredService, ObservedReplica, Phase, ServiceKey
 from terrace.engine.traffic import Served, Traffic
@@ -133,6 +135,7 @@ class Engine:
         self.traffic = traffic
         self.drain_timeout = drain_timeout
         self._health: dict[str, _Health] = {}
+        self._readiness = Readiness()
         self._served: tuple[object, ...] | None = None
         self._sleepers = Sleepers()
         self._idle_checked = 0.0
@@ -163,16 +166,20 @@ class Engine:
         await self.pipeline.recover()
         if removed := await self.runtime.sweep():
             log.warning("removed what a crash left behind: %s", ", ".join(removed))
-        while not self._stopping:
-            self._wake.clear()
-            try:
-                wake_at = await self.reconcile()
-            except Exception:
-                log.exception("reconcile pass failed; trying again")
-                wake_at = time.monotonic() + self.poll_interval
-            delay = max(0.0, min(wake_at, time.monotonic() + self.poll_interval) - time.monotonic())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                try:
+                    wake_at = await self.reconcile()
+                except Exception:
+                    log.exception("reconcile pass failed; trying again")
+                    wake_at = time.monotonic() + self.poll_interval
+                now = time.monotonic()
+                delay = max(0.0, min(wake_at, now + self.poll_interval) - now)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+        finally:
+            await self._readiness.close()
 
     def stop(self) -> None:
         self._stopping = True
@@ -229,6 +236,8 @@ class Engine:
             await self.traffic.drain(stopping, timeout=self.drain_timeout)
         await self._carry_out(todo, replicas, runs)
         after = [r for r in await self.runtime.replicas() if r.kind is Kind.SERVICE]
+        if todo.starts:  # watch the new replicas from now on, not from the next pass
+            await self._check(after, runs, time.monotonic())
         if todo.starts or todo.stops:
             await self._publish(after, runs, set(), desired)
         self._snapshot(after)
@@ -255,11 +264,12 @@ class Engine:
         due = now + self.check_interval
         if todo.wake_at is not None:
             due = min(due, todo.wake_at)
-        if todo.starts or any(
-            self._health.get(r.id) is None or self._health[r.id].phase is Phase.STARTING
+        if any(
+            self._health.get(r.id) is None
+            or (self._health[r.id].phase is Phase.STARTING and not self._readiness.watching(r.id))
             for r in replicas
         ):
-            due = min(due, now + 0.05)  # something is coming up: look again soon
+            due = min(due, now + 0.05)  # something is coming up unwatched: look again soon
         return due
 
     # --- desired state --------------------------------------------------------------------------
@@ -362,6 +372,7 @@ class Engine:
         known = {r.id for r in replicas}
         self._health = {k: v for k, v in self._health.items() if k in known}
         checks = []
+        running = set()
         for replica in replicas:
             health = self._health.get(replica.id)
             if health is None:
@@ -370,6 +381,7 @@ class Engine:
                 if health.phase is not Phase.EXITED:
                     self._set(health, Phase.EXITED, now, describe_exit(replica.exit_code))
                 continue
+            running.add(replica.id)
             run = runs.get(ServiceKey(replica.workspace_id, replica.name))
             if run is None or health.phase is Phase.UNHEALTHY:
                 continue
@@ -377,10 +389,25 @@ class Engine:
                 if health.phase is Phase.STARTING:
                     self._set(health, Phase.HEALTHY, now)
                 continue
+            if health.phase is Phase.STARTING:  # checked every few ms, not once a pass
+                check = functools.partial(self._check_starting, replica, run, health)
+                self._readiness.watch(replica.id, check)
+                continue
             if health.phase is Phase.HEALTHY and now - health.checked_at < self.check_interval:
                 continue
             checks.append(self._probe(replica, run, health, now))
+        self._readiness.keep_only(running)
         await asyncio.gather(*checks)
+
+    async def _check_starting(self, replica: Replica, run: ServiceRun, health: _Health) -> bool:
+        """One check of a starting replica between passes; a new pass once it is healthy (or
+        given up on). True: nothing more to watch."""
+        if health.phase is Phase.STARTING:
+            await self._probe(replica, run, health, time.monotonic())
+            if health.phase is Phase.STARTING:
+                return False
+        self.poke()
+        return True
 
     async def _probe(self, replica: Replica, run: ServiceRun, health: _Health, now: float) -> None:
         assert run.probe is not None

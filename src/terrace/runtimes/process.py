@@ -108,6 +108,11 @@ class ProcessRuntime:
         return Cgroup(f"terrace-{self.prefix}/{replica_id}")
 
     def _running(self, record: Record) -> bool:
+        watcher = self._watchers.get(record.id)
+        if watcher is not None and not watcher.done():
+            # Its first process has not been waited for: until then its exit status is not
+            # known, and an engine looking now would report it as unknown.
+            return True
         if record.sandboxed:
             return self._cgroup(record.id).alive()
         return (
