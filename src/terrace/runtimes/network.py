@@ -169,9 +169,17 @@ class Networks:
         """A namespace for the replica, linked to its landscape; its address."""
         landscape, ns = self.landscape_ns(workspace_id), self.replica_ns(replica_id)
         address, link = replica_address(index), f"r{index}"
+        # Three ip(8) processes, one per namespace they work in (each costs milliseconds):
+        # the host (the replica's namespace, the host's route to it through the uplink), the
+        # landscape (its end of the veth pair, its route), the replica (its end, its routes).
+        host = (
+            f"route replace {address}/32 via {GATEWAY} dev {self.uplink(workspace_id)}"
+            f" onlink src {HOST_ADDRESS}\n"
+        )
         if not self.path(ns).exists():
-            await command(["ip", "netns", "add", ns])
+            host = f"netns add {ns}\n{host}"
         try:
+            await command(["ip", "-batch", "-"], stdin=host)
             await command(
                 ["ip", "-n", landscape, "-batch", "-"],
                 stdin=(
@@ -189,21 +197,6 @@ class Networks:
                     f"route add {GATEWAY} dev eth0 scope link\n"
                     f"route add default via {GATEWAY} dev eth0\n"
                 ),
-            )
-            await command(
-                [
-                    "ip",
-                    "route",
-                    "replace",
-                    f"{address}/32",
-                    "via",
-                    GATEWAY,
-                    "dev",
-                    self.uplink(workspace_id),
-                    "onlink",
-                    "src",
-                    HOST_ADDRESS,
-                ]
             )
         except RuntimeFailure:
             await self.detach(replica_id, index)
