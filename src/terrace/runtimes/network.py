@@ -165,13 +165,11 @@ class Networks:
 
     # --- replicas -----------------------------------------------------------------------------
 
-    async def attach(self, workspace_id: int, replica_id: str, index: int) -> str:
-        """A namespace for the replica, linked to its landscape; its address."""
-        landscape, ns = self.landscape_ns(workspace_id), self.replica_ns(replica_id)
-        address, link = replica_address(index), f"r{index}"
-        # Three ip(8) processes, one per namespace they work in (each costs milliseconds):
-        # the host (the replica's namespace, the host's route to it through the uplink), the
-        # landscape (its end of the veth pair, its route), the replica (its end, its routes).
+    async def prepare(self, workspace_id: int, replica_id: str, index: int) -> str:
+        """The replica's namespace, and the host's route to its address through the uplink;
+        its address. Its processes may start in it; :meth:`link` then connects it."""
+        ns, address = self.replica_ns(replica_id), replica_address(index)
+        # One ip(8) process per namespace worked in (each costs milliseconds).
         host = (
             f"route replace {address}/32 via {GATEWAY} dev {self.uplink(workspace_id)}"
             f" onlink src {HOST_ADDRESS}\n"
@@ -180,6 +178,17 @@ class Networks:
             host = f"netns add {ns}\n{host}"
         try:
             await command(["ip", "-batch", "-"], stdin=host)
+        except RuntimeFailure:
+            await self.detach(replica_id, index)
+            raise
+        return address
+
+    async def link(self, workspace_id: int, replica_id: str, index: int) -> None:
+        """Connect the namespace :meth:`prepare` made to its landscape: the landscape's end of
+        a veth pair and its route to the replica, the replica's end and its routes."""
+        landscape, ns = self.landscape_ns(workspace_id), self.replica_ns(replica_id)
+        address, link = replica_address(index), f"r{index}"
+        try:
             await command(
                 ["ip", "-n", landscape, "-batch", "-"],
                 stdin=(
@@ -201,6 +210,12 @@ class Networks:
         except RuntimeFailure:
             await self.detach(replica_id, index)
             raise
+
+    async def attach(self, workspace_id: int, replica_id: str, index: int) -> str:
+        """:meth:`prepare` then :meth:`link`: a namespace for the replica, linked to its
+        landscape; its address."""
+        address = await self.prepare(workspace_id, replica_id, index)
+        await self.link(workspace_id, replica_id, index)
         return address
 
     async def detach(self, replica_id: str, index: int | None = None) -> None:

@@ -146,6 +146,8 @@ class ProcessRuntime:
         self._records.save(
             record
         )  # first: whatever happens next, the next engine knows to clean up
+        # The sandbox waits on this pipe until its network is linked: bwrap makes it meanwhile.
+        ready: tuple[int, int] | None = None
         try:
             if self._sandboxed:
                 await self.networks.ensure_landscape(spec.workspace_id)
@@ -153,8 +155,9 @@ class ProcessRuntime:
                 record.address = replica_address(record.index)
                 self._records.save(record)
                 self._write_hosts(spec.workspace_id)
-                await self.networks.attach(spec.workspace_id, replica_id, record.index)
-            argv, cwd = self._argv(spec, record)
+                await self.networks.prepare(spec.workspace_id, replica_id, record.index)
+                ready = os.pipe()
+            argv, cwd = self._argv(spec, record, block_fd=None if ready is None else ready[0])
             env = self._env(spec, record)
             spec.log.parent.mkdir(parents=True, exist_ok=True)
             with open(spec.log, "ab") as log:
@@ -172,15 +175,22 @@ class ProcessRuntime:
                     env=env,
                     cwd=cwd,
                     start_new_session=True,
+                    pass_fds=() if ready is None else (ready[0],),
                 )
+            record.pid, record.pid_start = proc.pid, pid_start(proc.pid)
+            self._records.save(record)
+            self._children[replica_id] = proc
+            self._watchers[replica_id] = asyncio.create_task(self._watch(replica_id, proc))
+            if ready is not None:
+                await self.networks.link(spec.workspace_id, replica_id, record.index)
+                os.write(ready[1], b"\n")
         except BaseException:
             with contextlib.suppress(Exception):
                 await self.stop(replica_id, grace=0)
             raise
-        record.pid, record.pid_start = proc.pid, pid_start(proc.pid)
-        self._records.save(record)
-        self._children[replica_id] = proc
-        self._watchers[replica_id] = asyncio.create_task(self._watch(replica_id, proc))
+        finally:
+            for fd in ready or ():
+                os.close(fd)
         if self._sandboxed:
             # Until its shell has joined the cgroups, the replica would look stopped (and a
             # stop would miss it): return once it is in, or has already ended.
@@ -220,7 +230,9 @@ class ProcessRuntime:
             "HOSTNAME": hostname(spec.workspace_id, spec.name, spec.slot),
         }
 
-    def _argv(self, spec: ReplicaSpec, record: Record) -> tuple[list[str], str]:
+    def _argv(
+        self, spec: ReplicaSpec, record: Record, *, block_fd: int | None
+    ) -> tuple[list[str], str]:
         if not self._sandboxed:
             sub = (spec.sub_path or "").strip("/")
             return ["sh", "-c", spec.script], str(spec.workspace / sub if sub else spec.workspace)
@@ -234,6 +246,7 @@ class ProcessRuntime:
             resolv=resolv_conf(self.run_dir),
             netns=self.networks.path(self.networks.replica_ns(record.id)),
             cgroup_procs=self._cgroup(record.id).procs_files(),
+            block_fd=block_fd,
         )
         return argv, "/"
 

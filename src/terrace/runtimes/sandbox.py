@@ -76,11 +76,15 @@ def bwrap_command(
     resolv: Path,
     netns: Path,
     cgroup_procs: Iterable[Path],
+    block_fd: int | None = None,
 ) -> list[str]:
-    """The argv that runs ``script`` in a new sandbox (see the module's docstring)."""
+    """The argv that runs ``script`` in a new sandbox (see the module's docstring). With
+    ``block_fd``, the sandbox is made, then waits until that descriptor can be read (a byte, or
+    its other end closed) before ``script`` runs."""
     sub = (sub_path or "").strip("/")
     bwrap = [
         "bwrap",
+        *(("--block-fd", str(block_fd)) if block_fd is not None else ()),
         "--unshare-pid",
         "--unshare-ipc",
         "--unshare-uts",
