@@ -116,7 +116,9 @@ async def get_in(
     runtime: ProcessRuntime, replica_id: str, path: str = "/", port: int = 3000
 ) -> tuple[int, Any]:
     """GET ``path`` from the replica's own loopback (a socket made in its namespace)."""
-    sock = await socket_in(runtime.networks.path(runtime.networks.replica_ns(replica_id)))
+    ns = runtime.namespace(replica_id)
+    assert ns is not None, f"{replica_id} is not a sandboxed replica"
+    sock = await socket_in(runtime.networks.path(ns))
     try:
         await asyncio.wait_for(
             asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port)), 5
@@ -227,7 +229,7 @@ class Lab:
                     except TimeoutError:
                         self.problems.append(f"stop({replica.id}) hung; stopping it again")
                         await asyncio.wait_for(runtime.stop(replica.id, grace=0), 5)
-                for workspace_id in {r.workspace_id for r in replicas}:
+                for workspace_id in {r.workspace_id for r in replicas} | set(runtime.spares):
                     await runtime.forget_landscape(workspace_id)
             except Exception as exc:
                 self.problems.append(f"stopping with {runtime.prefix} failed: {exc!r}")

@@ -10,13 +10,17 @@ import json
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from terrace.runtimes import network
 from terrace.runtimes.base import Endpoint, Kind, Limits, Probe, Replica
 from terrace.runtimes.linux import Cgroup
 from terrace.runtimes.process import ProcessRuntime
+from terrace.runtimes.sandbox import hostname
 from tests.runtimes.conftest import PYTHON, Lab, eventually, get_in, http_get, processes
 
 HTTP = Probe("http", 3000, "/")
@@ -258,7 +262,7 @@ def test_stop_leaves_nothing_of_a_replica_that_ignores_sigterm_and_daemonises(la
         assert len({session_of(p) for p in daemons}) == 2  # one left the replica's session
         group = Cgroup(f"terrace-{runtime.prefix}/{stubborn.id}")
         assert set(daemons) <= group.pids()
-        ns = runtime.networks.replica_ns(stubborn.id)
+        ns = runtime.namespace(stubborn.id)
         assert ns in runtime.networks.namespaces()
 
         started = time.monotonic()
@@ -267,7 +271,7 @@ def test_stop_leaves_nothing_of_a_replica_that_ignores_sigterm_and_daemonises(la
         assert 0.5 <= took < 5
 
         assert not group.pids()
-        assert ns not in runtime.networks.namespaces()
+        assert runtime.spares == {1: ns}  # empty, kept for the landscape's next replica
         assert not (runtime.records / f"{stubborn.id}.json").exists()
         assert [r.id for r in await runtime.replicas()] == [other.id]
         assert not running_script(lab.marker, "daemon.py")
@@ -277,9 +281,11 @@ def test_stop_leaves_nothing_of_a_replica_that_ignores_sigterm_and_daemonises(la
         await runtime.stop(stubborn.id, grace=0.5)
         await runtime.stop(other.id, grace=5)
         assert not processes(marker=lab.marker)
-        assert runtime.networks.namespaces() == [runtime.networks.landscape_ns(1)]
+        # one spare per landscape: the other replica's namespace is gone
+        assert runtime.networks.namespaces() == sorted([runtime.networks.landscape_ns(1), ns])
         await runtime.forget_landscape(1)
         assert runtime.networks.namespaces() == []
+        assert runtime.spares == {}
 
     lab.run(main())
 
@@ -321,8 +327,10 @@ def test_stop_right_after_start_returns_and_leaves_nothing(lab: Lab) -> None:
             left = {
                 "processes": running_script(lab.marker, "server.py") + sorted(group.pids()),
                 "cgroups": [str(d) for d in group.dirs() if d.exists()],
-                "namespace": runtime.networks.replica_ns(replica.id)
-                in runtime.networks.namespaces(),
+                "namespaces": sorted(
+                    set(runtime.networks.namespaces())
+                    - {runtime.networks.landscape_ns(1), *runtime.spares.values()}
+                ),
                 "listed": [r.id for r in await runtime.replicas()],
             }
             assert not any(left.values()), f"slot {slot}: stop() left {left}"
@@ -607,5 +615,47 @@ def test_probe_reaches_the_replica_from_inside_its_namespace(lab: Lab) -> None:
         await eventually(lambda: runtime.probe(local.id, HTTP), what="healthy")
         status, body = await get_in(runtime, local.id, "/inside")
         assert (status, body["path"]) == (200, "/inside")
+
+    lab.run(main())
+
+
+def test_a_stopped_replicas_network_is_ready_for_the_landscapes_next_replica(lab: Lab) -> None:
+    """One spare per landscape: the next replica starts in it (same namespace and address,
+    no ip(8) on the way) and is reached through the landscape as any other."""
+    runtime = lab.runtime()
+    ran: list[str] = []
+    real_command = network.command
+
+    async def command(argv: Sequence[str], **kwargs: Any) -> str:
+        ran.append(argv[0])
+        return await real_command(argv, **kwargs)
+
+    async def main() -> None:
+        first = await runtime.start(lab.spec("alpha", 0))
+        await eventually(lambda: runtime.probe(first.id, HTTP), what="first healthy")
+        ns = runtime.namespace(first.id)
+        await runtime.stop(first.id, grace=2)
+        assert runtime.spares == {1: ns}
+
+        network.command = command
+        try:
+            second = await runtime.start(lab.spec("alpha", 1))
+        finally:
+            network.command = real_command
+        assert (runtime.namespace(second.id), second.address) == (ns, first.address)
+        assert runtime.spares == {}
+        assert "ip" not in ran
+        await eventually(lambda: runtime.probe(second.id, HTTP), what="second healthy")
+        third = await runtime.start(lab.spec("beta", 0))  # no spare left: a namespace of its own
+        assert runtime.namespace(third.id) not in (ns, None)
+        await runtime.publish(1, {"alpha": Endpoint("alpha", (3000,), (second.id,))})
+        reader, writer = await runtime.connect(1, "alpha", 3000)
+        assert (await http_get(reader, writer))[1]["host"] == hostname(1, "alpha", 1)
+
+        for replica in (second, third):
+            await runtime.stop(replica.id, grace=2)
+        assert len(runtime.spares) == 1
+        await runtime.forget_landscape(1)
+        assert (runtime.networks.namespaces(), runtime.spares) == ([], {})
 
     lab.run(main())

@@ -136,6 +136,9 @@ class Engine:
         self.drain_timeout = drain_timeout
         self._health: dict[str, _Health] = {}
         self._readiness = Readiness()
+        self._desired: _Desired | None = None
+        self._desired_read_at = 0.0
+        self._desired_stale = True
         self._served: tuple[object, ...] | None = None
         self._sleepers = Sleepers()
         self._idle_checked = 0.0
@@ -154,7 +157,14 @@ class Engine:
     # --- driving ------------------------------------------------------------------------------
 
     def poke(self) -> None:
-        """Something changed (a deploy, a scale, an exit): plan again now. Any thread."""
+        """Something changed (a deploy, a scale, an exit): read the store and plan again now.
+        Any thread."""
+        self._desired_stale = True
+        self._nudge()
+
+    def _nudge(self) -> None:
+        """Plan again now, from the desired state the engine has (nothing in the store
+        changed: a replica got healthy, a request woke a service). Any thread."""
         if self._loop is not None and self._wake is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
 
@@ -217,9 +227,8 @@ class Engine:
     async def reconcile(self) -> float:
         """One pass; returns when (monotonic) the next pass is due at the latest."""
         cpu0, wall0 = time.process_time(), time.monotonic()
-        desired = await asyncio.to_thread(self._read_desired)
+        desired = await self._desired_state()
         runs = {run.key: run for run in desired.runs}
-        await self._sleep_idle(runs)
         wanted = [self._sleepers.wanted(run.desired) for run in desired.runs]
         replicas = [r for r in await self.runtime.replicas() if r.kind is Kind.SERVICE]
         now = time.monotonic()
@@ -257,6 +266,10 @@ class Engine:
         self.last_report = report
         for listener in self.on_pass:
             listener(report)
+        # Last: asking how idle services are takes milliseconds that a pass which starts or
+        # publishes a woken service must not wait for.
+        if await self._sleep_idle(runs):
+            return time.monotonic()  # something fell asleep: plan again from that now
         return self._next_pass(todo, after)
 
     def _next_pass(self, todo: Plan, replicas: list[Replica]) -> float:
@@ -273,6 +286,21 @@ class Engine:
         return due
 
     # --- desired state --------------------------------------------------------------------------
+
+    async def _desired_state(self) -> _Desired:
+        """The desired state as the store has it: read again when :meth:`poke` said it changed
+        (this installation's API does), else at most ``check_interval`` old (another process
+        may have written it). A read takes milliseconds a wake should not wait for."""
+        now = time.monotonic()
+        if (
+            self._desired is None
+            or self._desired_stale
+            or now - self._desired_read_at >= self.check_interval
+        ):
+            self._desired_stale = False  # a poke during the read marks it stale again
+            self._desired = await asyncio.to_thread(self._read_desired)
+            self._desired_read_at = now
+        return self._desired
 
     def _read_desired(self) -> _Desired:
         desired = _Desired()
@@ -305,22 +333,24 @@ class Engine:
                 )
         return desired
 
-    async def _sleep_idle(self, runs: Mapping[ServiceKey, ServiceRun]) -> None:
+    async def _sleep_idle(self, runs: Mapping[ServiceKey, ServiceRun]) -> bool:
         """Put to sleep each service with ``sleepAfter`` that has had no request for that long
-        (nor since it last woke)."""
+        (nor since it last woke). True when one fell asleep."""
         sleepy = {k: r.service.sleep_after for k, r in runs.items() if r.service.sleep_after}
         self._sleepers.forget_all_but(sleepy)
         now = time.monotonic()
         if self.traffic is None or not sleepy or now - self._idle_checked < IDLE_CHECK_INTERVAL:
-            return
+            return False
         self._idle_checked = now
         idle = await self.traffic.idle()
         # Calls by name from the landscape's own replicas count as use too.
         for ws in {key.workspace_id for key in sleepy}:
             for service, count in (await self.runtime.connections(ws)).items():
                 self._sleepers.count_connections(ServiceKey(ws, service), count, now)
-        for key in self._sleepers.fall_asleep(sleepy, idle, now):
+        asleep = self._sleepers.fall_asleep(sleepy, idle, now)
+        for key in asleep:
             log.info("%s had no request for %.0f s: sleeping", key, sleepy[key])
+        return bool(asleep)
 
     async def _roll_back(
         self, wanted: list[DesiredService], observed: list[ObservedReplica], desired: _Desired
@@ -343,6 +373,7 @@ class Engine:
             ):
                 log.warning("workspace %s: %s", ws, reason)
                 desired.deployments.pop(ws)
+                self._desired_stale = True
                 done = True
         return done
 
@@ -406,7 +437,7 @@ class Engine:
             await self._probe(replica, run, health, time.monotonic())
             if health.phase is Phase.STARTING:
                 return False
-        self.poke()
+        self._nudge()
         return True
 
     async def _probe(self, replica: Replica, run: ServiceRun, health: _Health, now: float) -> None:

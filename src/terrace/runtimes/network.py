@@ -165,10 +165,10 @@ class Networks:
 
     # --- replicas -----------------------------------------------------------------------------
 
-    async def prepare(self, workspace_id: int, replica_id: str, index: int) -> str:
-        """The replica's namespace, and the host's route to its address through the uplink;
-        its address. Its processes may start in it; :meth:`link` then connects it."""
-        ns, address = self.replica_ns(replica_id), replica_address(index)
+    async def prepare(self, workspace_id: int, ns: str, index: int) -> str:
+        """A replica's namespace ``ns``, and the host's route to its address through the
+        uplink; its address. Its processes may start in it; :meth:`link` then connects it."""
+        address = replica_address(index)
         # One ip(8) process per namespace worked in (each costs milliseconds).
         host = (
             f"route replace {address}/32 via {GATEWAY} dev {self.uplink(workspace_id)}"
@@ -179,14 +179,14 @@ class Networks:
         try:
             await command(["ip", "-batch", "-"], stdin=host)
         except RuntimeFailure:
-            await self.detach(replica_id, index)
+            await self.detach(ns, index)
             raise
         return address
 
-    async def link(self, workspace_id: int, replica_id: str, index: int) -> None:
+    async def link(self, workspace_id: int, ns: str, index: int) -> None:
         """Connect the namespace :meth:`prepare` made to its landscape: the landscape's end of
         a veth pair and its route to the replica, the replica's end and its routes."""
-        landscape, ns = self.landscape_ns(workspace_id), self.replica_ns(replica_id)
+        landscape = self.landscape_ns(workspace_id)
         address, link = replica_address(index), f"r{index}"
         try:
             await command(
@@ -208,20 +208,12 @@ class Networks:
                 ),
             )
         except RuntimeFailure:
-            await self.detach(replica_id, index)
+            await self.detach(ns, index)
             raise
 
-    async def attach(self, workspace_id: int, replica_id: str, index: int) -> str:
-        """:meth:`prepare` then :meth:`link`: a namespace for the replica, linked to its
-        landscape; its address."""
-        address = await self.prepare(workspace_id, replica_id, index)
-        await self.link(workspace_id, replica_id, index)
-        return address
-
-    async def detach(self, replica_id: str, index: int | None = None) -> None:
-        """Remove the replica's namespace (its veth pair and its landscape's route go with it)
-        and, given its ``index``, the host's route to it."""
-        ns = self.replica_ns(replica_id)
+    async def detach(self, ns: str, index: int | None = None) -> None:
+        """Remove a replica's namespace ``ns`` (its veth pair and its landscape's route go with
+        it) and, given its ``index``, the host's route to it."""
         if self.path(ns).exists():
             await command(["ip", "netns", "del", ns])
         if index is not None:

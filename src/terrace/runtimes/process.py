@@ -53,6 +53,9 @@ __all__ = ["ProcessRuntime", "http_ok", "sandbox_problems"]
 
 KILL_WAIT = 5.0
 POLL = 0.02
+JOIN_POLL = 0.001
+"""Seconds between two looks at whether a new replica's first process is in its cgroups
+(milliseconds away: a start returns that much sooner)."""
 
 
 def _free_port() -> int:
@@ -86,6 +89,13 @@ class ProcessRuntime:
         self._children: dict[str, asyncio.subprocess.Process] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._balance: dict[tuple[int, str], itertools.cycle[tuple[str, Mapping[int, int]]]] = {}
+        self._spares: dict[int, tuple[str, int]] = {}
+        """Per landscape, one linked network namespace no replica uses, and its address index:
+        a stopped replica's, kept for the next replica that starts there (whose network is
+        then ready: no ip(8) on the way to its first process). In memory only: after a crash,
+        :meth:`sweep` removes them with the rest."""
+        self._linked: set[str] = set()
+        """Namespaces this runtime made and linked completely (only those become spares)."""
 
     # --- what it is ---------------------------------------------------------------------------
 
@@ -106,6 +116,19 @@ class ProcessRuntime:
 
     def _cgroup(self, replica_id: str) -> Cgroup:
         return Cgroup(f"terrace-{self.prefix}/{replica_id}")
+
+    def _netns(self, record: Record) -> str:
+        return record.netns or self.networks.replica_ns(record.id)
+
+    def namespace(self, replica_id: str) -> str | None:
+        """The network namespace of a sandboxed replica (None: no such replica)."""
+        record = self._records.get(replica_id)
+        return None if record is None or not record.sandboxed else self._netns(record)
+
+    @property
+    def spares(self) -> Mapping[int, str]:
+        """Per landscape, the namespace kept for its next replica (see ``_spares``)."""
+        return {ws: ns for ws, (ns, _) in self._spares.items()}
 
     def _running(self, record: Record) -> bool:
         watcher = self._watchers.get(record.id)
@@ -138,8 +161,13 @@ class ProcessRuntime:
             sandboxed=self._sandboxed,
             last_exit=spec.last_exit,
         )
+        spare = None
         if self._sandboxed:
-            record.index = self._free_index()
+            spare = self._spares.pop(spec.workspace_id, None)
+            record.netns, record.index = spare or (
+                self.networks.replica_ns(replica_id),
+                self._free_index(),
+            )
             record.ports = {str(p): p for p in spec.ports}
         else:
             record.ports = {str(p): _free_port() for p in spec.ports}
@@ -155,8 +183,9 @@ class ProcessRuntime:
                 record.address = replica_address(record.index)
                 self._records.save(record)
                 self._write_hosts(spec.workspace_id)
-                await self.networks.prepare(spec.workspace_id, replica_id, record.index)
-                ready = os.pipe()
+                if spare is None:
+                    await self.networks.prepare(spec.workspace_id, record.netns, record.index)
+                    ready = os.pipe()
             argv, cwd = self._argv(spec, record, block_fd=None if ready is None else ready[0])
             env = self._env(spec, record)
             spec.log.parent.mkdir(parents=True, exist_ok=True)
@@ -182,7 +211,8 @@ class ProcessRuntime:
             self._children[replica_id] = proc
             self._watchers[replica_id] = asyncio.create_task(self._watch(replica_id, proc))
             if ready is not None:
-                await self.networks.link(spec.workspace_id, replica_id, record.index)
+                await self.networks.link(spec.workspace_id, record.netns, record.index)
+                self._linked.add(record.netns)
                 os.write(ready[1], b"\n")
         except BaseException:
             with contextlib.suppress(Exception):
@@ -195,12 +225,15 @@ class ProcessRuntime:
             # Until its shell has joined the cgroups, the replica would look stopped (and a
             # stop would miss it): return once it is in, or has already ended.
             group = self._cgroup(replica_id)
-            await _until(lambda: group.alive() or proc.returncode is not None, KILL_WAIT)
+            await _until(
+                lambda: group.alive() or proc.returncode is not None, KILL_WAIT, poll=JOIN_POLL
+            )
         return record.replica(running=self._running(record))
 
     def _free_index(self) -> int:
         """A replica address free in the whole installation (the host routes to each)."""
         used = {r.index for r in self._records.all() if r.sandboxed}
+        used |= {index for _, index in self._spares.values()}
         for index in range(FIRST_REPLICA, LAST_INDEX + 1):
             if index not in used:
                 return index
@@ -244,7 +277,7 @@ class ProcessRuntime:
             home=self.home,
             hosts=self.networks.hosts_file(spec.workspace_id),
             resolv=resolv_conf(self.run_dir),
-            netns=self.networks.path(self.networks.replica_ns(record.id)),
+            netns=self.networks.path(self._netns(record)),
             cgroup_procs=self._cgroup(record.id).procs_files(),
             block_fd=block_fd,
         )
@@ -279,7 +312,7 @@ class ProcessRuntime:
         try:
             async with asyncio.timeout(timeout):
                 if record.sandboxed:
-                    ns = self.networks.path(self.networks.replica_ns(replica_id))
+                    ns = self.networks.path(self._netns(record))
                     reader, writer = await _open_in(ns, "127.0.0.1", port)
                 else:
                     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -294,6 +327,16 @@ class ProcessRuntime:
 
     # --- stop ---------------------------------------------------------------------------------
 
+    async def _release_network(self, record: Record) -> None:
+        """Keep the namespace of a stopped replica (no process left in it) as its landscape's
+        spare when it has none and this runtime linked it; else remove it."""
+        ns, ws = self._netns(record), record.workspace_id
+        if ns in self._linked and ws not in self._spares and self.networks.path(ns).exists():
+            self._spares[ws] = (ns, record.index)
+            return
+        self._linked.discard(ns)
+        await self.networks.detach(ns, record.index or None)
+
     async def stop(self, replica_id: str, *, grace: float = 10.0) -> None:
         record = self._records.get(replica_id)
         if record is None:
@@ -304,7 +347,7 @@ class ProcessRuntime:
             if child is not None and child.returncode is None:
                 # Not in the cgroups yet (stopped the moment it started): its own session.
                 await self._stop_session(child.pid, 0)
-            await self.networks.detach(replica_id, record.index or None)
+            await self._release_network(record)
             await self._cgroup(replica_id).remove()
         elif record.pid is not None and pid_start(record.pid) in (None, record.pid_start):
             # The session, even if its leader (the shell) is gone; unless the pid now belongs
@@ -412,6 +455,9 @@ class ProcessRuntime:
         if any(r.workspace_id == workspace_id for r in self._records.all()):
             return
         self._balance = {k: v for k, v in self._balance.items() if k[0] != workspace_id}
+        if spare := self._spares.pop(workspace_id, None):
+            self._linked.discard(spare[0])
+            await self.networks.detach(*spare)
         if self._sandboxed:
             await self.networks.forget_landscape(workspace_id)
 
@@ -423,12 +469,15 @@ class ProcessRuntime:
         if not self._sandboxed:
             return []
         known = {r.id for r in self._records.all()}
+        in_use = {self._netns(r) for r in self._records.all() if r.sandboxed}
+        in_use |= set(self.spares.values())
         removed = []
         for ns in self.networks.namespaces():
             replica = ns.removeprefix(f"{self.prefix}-r-")
-            if replica != ns and replica not in known:
-                await self._stop_group(self._cgroup(replica), 0)
-                await self.networks.detach(replica)
+            if replica != ns and ns not in in_use:
+                if replica not in known:
+                    await self._stop_group(self._cgroup(replica), 0)
+                await self.networks.detach(ns)
                 removed.append(ns)
         parent = Path("/sys/fs/cgroup/pids") / f"terrace-{self.prefix}"
         if parent.exists():
@@ -441,6 +490,10 @@ class ProcessRuntime:
         return removed
 
     async def close(self) -> None:
+        spares, self._spares = self._spares, {}
+        for ns, index in spares.values():  # in memory only: nobody would know them after
+            self._linked.discard(ns)
+            await self.networks.detach(ns, index)
         for watcher in self._watchers.values():
             watcher.cancel()
         for watcher in list(self._watchers.values()):
@@ -481,11 +534,11 @@ async def _open_in(
     return await asyncio.open_connection(sock=sock)
 
 
-async def _until(condition: Callable[[], bool], timeout: float) -> bool:
+async def _until(condition: Callable[[], bool], timeout: float, *, poll: float = POLL) -> bool:
     deadline = time.monotonic() + timeout
     while True:
         if condition():
             return True
         if time.monotonic() >= deadline:
             return False
-        await asyncio.sleep(POLL)
+        await asyncio.sleep(poll)

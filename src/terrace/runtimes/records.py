@@ -32,6 +32,8 @@ class Record:
     started_at: float
     sandboxed: bool
     index: int = 0
+    netns: str = ""
+    """Its network namespace ("": the one named after it, as records before spares had)."""
     address: str = "127.0.0.1"
     ports: dict[str, int] = field(default_factory=dict)
     pid: int | None = None
