@@ -98,7 +98,7 @@ async def run_platform(
         log.warning("%s", engine.runtime.description)
         background.append(asyncio.create_task(engine.run()))
     waiter = asyncio.create_task(stop.wait())
-    ready = asyncio.create_task(on_ready(ctx)) if on_ready is not None else None
+    ready = asyncio.create_task(_when_recovered(ctx, on_ready)) if on_ready is not None else None
     pending: set[_Task] = {*background, waiter}
     if ready is not None:
         pending.add(ready)
@@ -127,6 +127,14 @@ async def run_platform(
             await engine.runtime.close()
         if ctx.edge is not None:
             await ctx.edge.close()
+
+
+async def _when_recovered(ctx: AppContext, on_ready: OnReady) -> None:
+    """``on_ready`` once the engine has dealt with what an earlier one left (``terrace up``
+    after a crash would find the stage that engine ran still marked as running)."""
+    if ctx.engine is not None:
+        await ctx.engine.recovered.wait()
+    await on_ready(ctx)
 
 
 async def _first(tasks: set[_Task]) -> set[_Task]:

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,10 +17,10 @@ from sqlalchemy import select
 
 from terrace.engine.deploy import deployed_runs, roll_back
 from terrace.engine.desired import ServiceRun, render_env
+from terrace.engine.health import Health, HealthChecks
 from terrace.engine.pipeline import Pipeline
 from terrace.engine.planner import Backoff, Plan, Start, failed_rollouts, plan
 from terrace.engine.plans import PlanTable
-from terrace.engine.readiness import Readiness
 from terrace.engine.sleep import Sleepers
 from terrace.engine.state import DesiredService, ObservedReplica, Phase, ServiceKey
 from terrace.engine.traffic import Served, Traffic
@@ -38,37 +36,12 @@ __all__ = ["Engine", "PassReport", "ReplicaStatus", "logs_dir"]
 
 log = logging.getLogger("terrace.engine")
 
-UNHEALTHY_AFTER = 3
-"""Consecutive failed checks that make a healthy replica unhealthy."""
 IDLE_CHECK_INTERVAL = 1.0
 """How often the router is asked how long each service has been idle (for ``sleepAfter``)."""
 
 
 def logs_dir(home: Path, workspace_id: int) -> Path:
     return home / "logs" / f"w{workspace_id}"
-
-
-def describe_exit(code: int | None) -> str:
-    if code is None:
-        return "exited while the engine was not watching (status unknown)"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    if 128 < code < 160:  # a sandbox reports a signal as a shell does: 128 + the signal
-        with contextlib.suppress(ValueError):
-            return f"exited with status {code} ({signal.Signals(code - 128).name})"
-    return f"exited with status {code}"
-
-
-@dataclass(slots=True)
-class _Health:
-    phase: Phase
-    changed_at: float
-    failures: int = 0
-    checked_at: float = 0.0
-    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,8 +107,12 @@ class Engine:
         self.poll_interval = poll_interval
         self.traffic = traffic
         self.drain_timeout = drain_timeout
-        self._health: dict[str, _Health] = {}
-        self._readiness = Readiness()
+        self._health = HealthChecks(
+            runtime,
+            check_interval=check_interval,
+            startup_timeout=startup_timeout,
+            on_change=self._nudge,
+        )
         self._desired: _Desired | None = None
         self._desired_read_at = 0.0
         self._desired_stale = True
@@ -152,6 +129,9 @@ class Engine:
         """Per workspace, its replicas after the last pass (read by the API from any thread)."""
         self.on_pass: list[Callable[[PassReport], None]] = []
         self.last_report: PassReport | None = None
+        self.recovered = asyncio.Event()
+        """Set once :meth:`run` has dealt with what an earlier engine left (stages it was
+        running are aborted, their steps stopped): from then on a stage may start."""
         self.pipeline = Pipeline(db=db, runtime=runtime, home=home)
 
     # --- driving ------------------------------------------------------------------------------
@@ -176,6 +156,7 @@ class Engine:
         await self.pipeline.recover()
         if removed := await self.runtime.sweep():
             log.warning("removed what a crash left behind: %s", ", ".join(removed))
+        self.recovered.set()
         try:
             while not self._stopping:
                 self._wake.clear()
@@ -189,7 +170,7 @@ class Engine:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
         finally:
-            await self._readiness.close()
+            await self._health.close()
 
     def stop(self) -> None:
         self._stopping = True
@@ -232,7 +213,7 @@ class Engine:
         wanted = [self._sleepers.wanted(run.desired) for run in desired.runs]
         replicas = [r for r in await self.runtime.replicas() if r.kind is Kind.SERVICE]
         now = time.monotonic()
-        await self._check(replicas, runs, now)
+        await self._health.check(replicas, runs, now)
         observed = [self._observed(r) for r in replicas]
         if await self._roll_back(wanted, observed, desired):
             return time.monotonic()  # the desired state changed: plan again from it now
@@ -246,18 +227,14 @@ class Engine:
         await self._carry_out(todo, replicas, runs)
         after = [r for r in await self.runtime.replicas() if r.kind is Kind.SERVICE]
         if todo.starts:  # watch the new replicas from now on, not from the next pass
-            await self._check(after, runs, time.monotonic())
+            await self._health.check(after, runs, time.monotonic())
         if todo.starts or todo.stops:
             await self._publish(after, runs, set(), desired)
         self._snapshot(after)
         report = PassReport(
             desired=sum(run.replicas for run in desired.runs),
             replicas=len(after),
-            healthy=sum(
-                1
-                for r in after
-                if self._health.get(r.id, _Health(Phase.STARTING, 0)).phase is Phase.HEALTHY
-            ),
+            healthy=sum(1 for r in after if self._health.phase(r.id) is Phase.HEALTHY),
             started=len(todo.starts),
             stopped=len(todo.stops),
             cpu_seconds=time.process_time() - cpu0,
@@ -277,11 +254,7 @@ class Engine:
         due = now + self.check_interval
         if todo.wake_at is not None:
             due = min(due, todo.wake_at)
-        if any(
-            self._health.get(r.id) is None
-            or (self._health[r.id].phase is Phase.STARTING and not self._readiness.watching(r.id))
-            for r in replicas
-        ):
+        if any(self._health.unwatched(r.id) for r in replicas):
             due = min(due, now + 0.05)  # something is coming up unwatched: look again soon
         return due
 
@@ -395,83 +368,9 @@ class Engine:
             self._parsed[deployment.id] = cached
         return cached
 
-    # --- health ---------------------------------------------------------------------------------
-
-    async def _check(
-        self, replicas: list[Replica], runs: Mapping[ServiceKey, ServiceRun], now: float
-    ) -> None:
-        known = {r.id for r in replicas}
-        self._health = {k: v for k, v in self._health.items() if k in known}
-        checks = []
-        running = set()
-        for replica in replicas:
-            health = self._health.get(replica.id)
-            if health is None:
-                health = self._health[replica.id] = _Health(Phase.STARTING, now)
-            if not replica.running:
-                if health.phase is not Phase.EXITED:
-                    self._set(health, Phase.EXITED, now, describe_exit(replica.exit_code))
-                continue
-            running.add(replica.id)
-            run = runs.get(ServiceKey(replica.workspace_id, replica.name))
-            if run is None or health.phase is Phase.UNHEALTHY:
-                continue
-            if run.probe is None:
-                if health.phase is Phase.STARTING:
-                    self._set(health, Phase.HEALTHY, now)
-                continue
-            if health.phase is Phase.STARTING:  # checked every few ms, not once a pass
-                check = functools.partial(self._check_starting, replica, run, health)
-                self._readiness.watch(replica.id, check)
-                continue
-            if health.phase is Phase.HEALTHY and now - health.checked_at < self.check_interval:
-                continue
-            checks.append(self._probe(replica, run, health, now))
-        self._readiness.keep_only(running)
-        await asyncio.gather(*checks)
-
-    async def _check_starting(self, replica: Replica, run: ServiceRun, health: _Health) -> bool:
-        """One check of a starting replica between passes; a new pass once it is healthy (or
-        given up on). True: nothing more to watch."""
-        if health.phase is Phase.STARTING:
-            await self._probe(replica, run, health, time.monotonic())
-            if health.phase is Phase.STARTING:
-                return False
-        self._nudge()
-        return True
-
-    async def _probe(self, replica: Replica, run: ServiceRun, health: _Health, now: float) -> None:
-        assert run.probe is not None
-        ok = await self.runtime.probe(replica.id, run.probe)
-        health.checked_at = now
-        if ok:
-            health.failures = 0
-            if health.phase is Phase.STARTING:
-                self._set(health, Phase.HEALTHY, now)
-            return
-        health.failures += 1
-        if health.phase is Phase.HEALTHY and health.failures >= UNHEALTHY_AFTER:
-            self._set(
-                health,
-                Phase.UNHEALTHY,
-                now,
-                f"health check {run.probe.kind}:{run.probe.port}{run.probe.path} failed "
-                f"{health.failures} times",
-            )
-        elif health.phase is Phase.STARTING and now - health.changed_at > self.startup_timeout:
-            self._set(
-                health,
-                Phase.UNHEALTHY,
-                now,
-                f"not healthy {self.startup_timeout:.0f} s after start",
-            )
-
-    @staticmethod
-    def _set(health: _Health, phase: Phase, now: float, reason: str | None = None) -> None:
-        health.phase, health.changed_at, health.reason = phase, now, reason
-
     def _observed(self, replica: Replica) -> ObservedReplica:
-        health = self._health[replica.id]
+        health = self._health.get(replica.id)
+        assert health is not None  # looked at in this pass
         return ObservedReplica(
             id=replica.id,
             key=ServiceKey(replica.workspace_id, replica.name),
@@ -575,8 +474,7 @@ class Engine:
                         and r.name == run.key.service
                         and r.id not in leaving
                         and r.running
-                        and self._health.get(r.id, _Health(Phase.STARTING, 0)).phase
-                        is Phase.HEALTHY
+                        and self._health.phase(r.id) is Phase.HEALTHY
                     ),
                     key=lambda r: r.id,
                 )
@@ -638,7 +536,7 @@ class Engine:
     def _snapshot(self, replicas: list[Replica]) -> None:
         status: dict[int, list[ReplicaStatus]] = {}
         for r in sorted(replicas, key=lambda r: (r.workspace_id, r.name, r.slot, r.started_at)):
-            health = self._health.get(r.id, _Health(Phase.STARTING, 0))
+            health = self._health.get(r.id) or Health(Phase.STARTING, 0)
             status.setdefault(r.workspace_id, []).append(
                 ReplicaStatus(
                     id=r.id,
