@@ -66,8 +66,6 @@ class Readiness:
         try:
             while not await check():
                 await asyncio.sleep(self.interval())
-        except asyncio.CancelledError:
-            raise
         except Exception:
             log.exception("checking whether %s is ready failed", replica_id)
         finally:

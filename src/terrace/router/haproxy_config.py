@@ -123,7 +123,9 @@ def route_value(*, slot: str, pool: str, strip: str, sleeping: bool) -> str:
     """
     depth = strip.count("/")
     if depth > MAX_STRIP_DEPTH:
-        raise ValueError(f"{strip!r} has {depth} path segments")
+        raise ValueError(
+            f"HAProxy strips at most {MAX_STRIP_DEPTH} path segments, {strip!r} has {depth}"
+        )
     pad = "/" * (MAX_STRIP_DEPTH - depth) if strip else ""
     backend = ACTIVATOR_BACKEND if sleeping else slot
     return f"{'p' if strip else '-'}?{backend}?{pool}?{pad}?{strip}"

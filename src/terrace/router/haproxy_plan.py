@@ -28,7 +28,6 @@ from terrace.router.haproxy_api import Command, HaproxyError, escape
 from terrace.router.haproxy_config import (
     HOSTS_MAP,
     MAPS,
-    MAX_STRIP_DEPTH,
     PREFIX_MAP,
     route_value,
     slot_balance,
@@ -83,17 +82,15 @@ def _maps(table: RouteTable, slot_of: Mapping[str, str]) -> dict[str, dict[str, 
     prefixes: dict[str, str] = {}
     pools = table.pools
     for route in table.routes:
-        depth = route.strip.count("/")
-        if depth > MAX_STRIP_DEPTH:
-            raise HaproxyError(
-                f"route {route.host or '*'}{route.prefix}: HAProxy strips at most "
-                f"{MAX_STRIP_DEPTH} path segments, {route.strip!r} has {depth}"
-            )
         pool = pools[route.pool]
         key = (route.host or "*") + route.prefix
-        prefixes[key if route.prefix == "/" else f"{key}/"] = route_value(
-            slot=slot_of[pool.name], pool=pool.name, strip=route.strip, sleeping=sleeping(pool)
-        )
+        try:
+            value = route_value(
+                slot=slot_of[pool.name], pool=pool.name, strip=route.strip, sleeping=sleeping(pool)
+            )
+        except ValueError as exc:  # too deep a strip
+            raise HaproxyError(f"route {key}: {exc}") from None
+        prefixes[key if route.prefix == "/" else f"{key}/"] = value
     return {HOSTS_MAP: hosts, PREFIX_MAP: prefixes}
 
 

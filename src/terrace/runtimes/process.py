@@ -337,6 +337,11 @@ class ProcessRuntime:
         self._linked.discard(ns)
         await self.networks.detach(ns, record.index or None)
 
+    async def _drop_spare(self, workspace_id: int) -> None:
+        if spare := self._spares.pop(workspace_id, None):
+            self._linked.discard(spare[0])
+            await self.networks.detach(*spare)
+
     async def stop(self, replica_id: str, *, grace: float = 10.0) -> None:
         record = self._records.get(replica_id)
         if record is None:
@@ -455,9 +460,7 @@ class ProcessRuntime:
         if any(r.workspace_id == workspace_id for r in self._records.all()):
             return
         self._balance = {k: v for k, v in self._balance.items() if k[0] != workspace_id}
-        if spare := self._spares.pop(workspace_id, None):
-            self._linked.discard(spare[0])
-            await self.networks.detach(*spare)
+        await self._drop_spare(workspace_id)
         if self._sandboxed:
             await self.networks.forget_landscape(workspace_id)
 
@@ -490,10 +493,8 @@ class ProcessRuntime:
         return removed
 
     async def close(self) -> None:
-        spares, self._spares = self._spares, {}
-        for ns, index in spares.values():  # in memory only: nobody would know them after
-            self._linked.discard(ns)
-            await self.networks.detach(ns, index)
+        for workspace_id in list(self._spares):  # in memory only: nobody would know them after
+            await self._drop_spare(workspace_id)
         for watcher in self._watchers.values():
             watcher.cancel()
         for watcher in list(self._watchers.values()):
