@@ -8,7 +8,8 @@ every few milliseconds until it is done (healthy, or given up on), without waiti
 
 Many replicas starting at once (a deploy of 100 services) share a budget: the interval grows
 with the number watched (:data:`PER_WATCH` each, from :data:`FASTEST` to :data:`SLOWEST`), so
-the probes cost about the same CPU however many start.
+there are at most ``1 / PER_WATCH`` checks a second (500) however many start: with a cap at the
+pass's 50 ms instead, 100 replicas starting took twice the engine CPU of checks once a pass.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ log = logging.getLogger("terrace.engine")
 
 FASTEST = 0.004
 """Seconds between two checks of one replica when it is the only one starting."""
-SLOWEST = 0.05
-"""The longest interval (the reconcile pass's own while something starts)."""
+SLOWEST = 0.25
+"""The longest interval (past 125 replicas starting, more than 500 checks a second)."""
 PER_WATCH = 0.002
 """Seconds added to the interval per replica watched."""
 

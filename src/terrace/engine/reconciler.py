@@ -160,15 +160,21 @@ class Engine:
         try:
             while not self._stopping:
                 self._wake.clear()
+                began = time.monotonic()
                 try:
                     wake_at = await self.reconcile()
                 except Exception:
                     log.exception("reconcile pass failed; trying again")
                     wake_at = time.monotonic() + self.poll_interval
-                now = time.monotonic()
-                delay = max(0.0, min(wake_at, now + self.poll_interval) - now)
+                ended = time.monotonic()
+                delay = max(0.0, min(wake_at, ended + self.poll_interval) - ended)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
+                # Passes at least as far apart as the last one took: however often replicas
+                # get healthy (100 starting: a pass each), passes take at most half the
+                # engine's time; a wake's pass takes milliseconds, so it hardly waits.
+                if (gap := ended + (ended - began) - time.monotonic()) > 0 and not self._stopping:
+                    await asyncio.sleep(gap)
         finally:
             await self._health.close()
 
