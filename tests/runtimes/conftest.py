@@ -118,7 +118,7 @@ async def get_in(
     """GET ``path`` from the replica's own loopback (a socket made in its namespace)."""
     ns = runtime.namespace(replica_id)
     assert ns is not None, f"{replica_id} is not a sandboxed replica"
-    sock = await socket_in(runtime.networks.path(ns))
+    sock = socket_in(runtime.networks.path(ns))
     try:
         await asyncio.wait_for(
             asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port)), 5

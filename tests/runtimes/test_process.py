@@ -290,6 +290,19 @@ def test_stop_leaves_nothing_of_a_replica_that_ignores_sigterm_and_daemonises(la
     lab.run(main())
 
 
+def test_joining_cgroups_does_not_wait_on_the_kernel(lab: Lab) -> None:
+    """A sandboxing runtime switches the kernel's cgroup migrations to ``favordynmods`` (a
+    hierarchy mounted with it, kept for the boot), so a replica's first process joins its
+    cgroups without waiting for an RCU grace period."""
+    runtime = lab.runtime()
+    assert runtime.fast_cgroup_joins
+    assert "slow to join" not in runtime.description
+    mounts = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()]
+    assert any(
+        fields[2] == "cgroup" and "favordynmods" in fields[3].split(",") for fields in mounts
+    ), "no cgroup hierarchy is mounted with favordynmods"
+
+
 def test_a_replica_is_running_as_soon_as_start_returns(lab: Lab) -> None:
     """start() says running=True; replicas() right after must not say it has exited (the
     engine would count an exit and restart it)."""

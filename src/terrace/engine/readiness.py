@@ -23,8 +23,9 @@ __all__ = ["FASTEST", "PER_WATCH", "SLOWEST", "Readiness"]
 
 log = logging.getLogger("terrace.engine")
 
-FASTEST = 0.004
-"""Seconds between two checks of one replica when it is the only one starting."""
+FASTEST = 0.002
+"""Seconds between two checks of one replica when it is the only one starting (a check that
+finds nothing listening yet costs the engine about 0.15 ms of CPU)."""
 SLOWEST = 0.25
 """The longest interval (past 125 replicas starting, more than 500 checks a second)."""
 PER_WATCH = 0.002

@@ -36,7 +36,7 @@ from terrace.runtimes.base import (
     ReplicaSpec,
     RuntimeFailure,
 )
-from terrace.runtimes.linux import Cgroup, socket_in
+from terrace.runtimes.linux import Cgroup, favor_dynamic_cgroups, socket_in
 from terrace.runtimes.network import FIRST_REPLICA, LAST_INDEX, Networks, replica_address
 from terrace.runtimes.records import Record, Records, pid_start
 from terrace.runtimes.sandbox import (
@@ -84,6 +84,9 @@ class ProcessRuntime:
         if sandbox and self._problems:
             raise RuntimeFailure("cannot sandbox replicas: " + "; ".join(self._problems))
         self._sandboxed = not self._problems
+        self.fast_cgroup_joins = self._sandboxed and favor_dynamic_cgroups()
+        """Whether a replica's first process joins its cgroups without waiting on the kernel
+        (see :func:`~terrace.runtimes.linux.favor_dynamic_cgroups`)."""
         self.networks = Networks(self.prefix, self.run_dir / "net")
         self.on_exit = on_exit
         self._children: dict[str, asyncio.subprocess.Process] = {}
@@ -106,7 +109,9 @@ class ProcessRuntime:
     @property
     def description(self) -> str:
         if self._sandboxed:
-            return "process runtime: bubblewrap sandboxes, a network namespace per replica, cgroups"
+            return "process runtime: bubblewrap sandboxes, a network namespace per replica, " + (
+                "cgroups" if self.fast_cgroup_joins else "cgroups (slow to join: no favordynmods)"
+            )
         return (
             "process runtime WITHOUT SANDBOX ("
             + "; ".join(self._problems)
@@ -168,6 +173,7 @@ class ProcessRuntime:
                 self.networks.replica_ns(replica_id),
                 self._free_index(),
             )
+            record.address = replica_address(record.index)
             record.ports = {str(p): p for p in spec.ports}
         else:
             record.ports = {str(p): _free_port() for p in spec.ports}
@@ -180,8 +186,6 @@ class ProcessRuntime:
             if self._sandboxed:
                 await self.networks.ensure_landscape(spec.workspace_id)
                 self._cgroup(replica_id).create(spec.limits)
-                record.address = replica_address(record.index)
-                self._records.save(record)
                 self._write_hosts(spec.workspace_id)
                 if spare is None:
                     await self.networks.prepare(spec.workspace_id, record.netns, record.index)
@@ -526,7 +530,7 @@ async def _open_in(
     netns: Path, host: str, port: int
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A TCP connection made from inside the network namespace at ``netns``."""
-    sock = await socket_in(netns)
+    sock = socket_in(netns)
     try:
         await asyncio.get_running_loop().sock_connect(sock, (host, port))
     except BaseException:
