@@ -21,7 +21,7 @@ from tests.conftest import ROOT
 from tests.support.up import Installation, eventually
 
 APP = """\
-import json, os, signal, sys, threading
+import json, os, pathlib, signal, sys, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 handled = 0
@@ -32,6 +32,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         global handled
+        if self.path == "/slow":  # in flight until the test lets it end
+            pathlib.Path("slow-started").touch()
+            while not pathlib.Path("slow-release").exists():
+                time.sleep(0.01)
         if self.path != "/healthz":
             with lock:
                 handled += 1
@@ -318,5 +322,73 @@ def test_a_second_landscape_is_served_on_its_hosts_its_custom_domain_and_the_pat
         installation.api(f"/workspaces/{ws}/domains/shop.example.test", "DELETE").status_code == 204
     )
     eventually(lambda: version("shop.example.test") == "1", what="the domain to be dropped")
+    assert installation.kill(signal.SIGINT) == 0
+    installation.assert_nothing_left()
+
+
+TWO_SERVICES = """\
+schemaVersion: v0.2
+run:
+  app:
+    steps:
+      - command: python3 app.py
+    healthEndpoint: http://localhost:3000/healthz
+    network:
+      paths:
+        - port: 3000
+          path: /
+    env:
+      VERSION: "{version}"
+  sleeper:
+    steps:
+      - command: python3 app.py
+    sleepAfter: 1s
+    healthEndpoint: http://localhost:3000/healthz
+    network:
+      paths:
+        - port: 3000
+          path: /sleeper
+    env:
+      VERSION: sleeper
+"""
+
+
+def test_a_long_request_on_a_replica_being_replaced_holds_up_no_other_service(
+    app: Callable[[str], Installation],
+) -> None:
+    """The old replica of a rollout finishes its request in flight before it stops, however
+    long that takes, and meanwhile the engine goes on: the new revision is reported, and a
+    sleeping service of the same landscape wakes and answers."""
+    installation = app("")
+    folder = installation.folder
+    (folder / "ci.yml").write_text(TWO_SERVICES.format(version=1))
+    installation.up("--skip-tests")
+    installation.wait_serving()
+
+    def services() -> dict[str, dict[str, Any]]:
+        return {s["name"]: s for s in installation.run_status()["services"]}
+
+    eventually(lambda: services()["sleeper"]["asleep"], timeout=30, what="the sleeper to sleep")
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(httpx.get, f"http://127.0.0.1:{installation.port}/slow", timeout=120)
+        eventually((folder / "slow-started").exists, what="the slow request to start")
+        (folder / "ci.yml").write_text(TWO_SERVICES.format(version=2))
+        assert installation.api("/workspaces/1/landscape/deploy", "POST").status_code == 200
+
+        def rolled_out() -> bool:
+            status = services()["app"]
+            instances = status["instances"]
+            return len(instances) == 1 and instances[0]["revision"] == status["revision"]
+
+        eventually(rolled_out, what="the new revision alone to be reported")
+        assert installation.get("/").json()["version"] == "2"
+        woken = installation.get("/sleeper")
+        assert woken.status_code == 200
+        assert woken.json()["version"] == "sleeper"
+        assert not slow.done(), "the slow request ended before the test let it"
+        (folder / "slow-release").touch()
+        answer = slow.result(timeout=60)
+    assert answer.status_code == 200
+    assert answer.json()["version"] == "1"  # the old replica finished it
     assert installation.kill(signal.SIGINT) == 0
     installation.assert_nothing_left()

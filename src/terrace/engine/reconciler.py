@@ -121,6 +121,10 @@ class Engine:
         self._idle_checked = 0.0
         self._last_exit: dict[tuple[ServiceKey, int], str] = {}
         self._published: dict[int, dict[str, Endpoint]] = {}
+        self._retiring: dict[str, asyncio.Task[None]] = {}
+        """Replicas out of the balancers, finishing their requests in flight before they are
+        stopped (a task each pass that stops some): passes go on meanwhile and plan without
+        them, so a 30 s request on an old replica holds up no other service's start or wake."""
         self._parsed: dict[int, Landscape] = {}
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -177,6 +181,7 @@ class Engine:
                     await asyncio.sleep(gap)
         finally:
             await self._health.close()
+            await self._stop_retiring()
 
     def stop(self) -> None:
         self._stopping = True
@@ -203,6 +208,7 @@ class Engine:
 
     async def stop_everything(self) -> None:
         """Stop every replica of this installation (``terrace up`` on Ctrl-C)."""
+        await self._stop_retiring()
         replicas = await self.runtime.replicas()
         await asyncio.gather(*(self.runtime.stop(r.id, grace=self.grace) for r in replicas))
         for workspace_id in await self.runtime.landscapes() | set(self._published):
@@ -217,7 +223,7 @@ class Engine:
         desired = await self._desired_state()
         runs = {run.key: run for run in desired.runs}
         wanted = [self._sleepers.wanted(run.desired) for run in desired.runs]
-        replicas = [r for r in await self.runtime.replicas() if r.kind is Kind.SERVICE]
+        replicas = await self._serving_replicas()
         now = time.monotonic()
         await self._health.check(replicas, runs, now)
         observed = [self._observed(r) for r in replicas]
@@ -225,13 +231,11 @@ class Engine:
             return time.monotonic()  # the desired state changed: plan again from it now
         todo = plan(wanted, observed, now=now, backoff=self.backoff)
         stopping = {s.replica_id for s in todo.stops}
-        # Traffic first: the replicas about to stop leave the balancers, and the requests in
-        # flight on them finish, before they get SIGTERM.
+        # Traffic first: the replicas about to stop leave the balancers, and (in the background)
+        # the requests in flight on them finish, before they get SIGTERM.
         await self._publish(replicas, runs, stopping, desired)
-        if stopping and self.traffic is not None:
-            await self.traffic.drain(stopping, timeout=self.drain_timeout)
         await self._carry_out(todo, replicas, runs)
-        after = [r for r in await self.runtime.replicas() if r.kind is Kind.SERVICE]
+        after = await self._serving_replicas()
         if todo.starts:  # watch the new replicas from now on, not from the next pass
             await self._health.check(after, runs, time.monotonic())
         if todo.starts or todo.stops:
@@ -400,9 +404,10 @@ class Engine:
                 key = (ServiceKey(replica.workspace_id, replica.name), replica.slot)
                 self._last_exit[key] = health.reason
             log.info("stopping %s: %s", stop.replica_id, stop.reason)
-        await asyncio.gather(
-            *(self.runtime.stop(s.replica_id, grace=self.grace) for s in todo.stops)
-        )
+        if todo.stops:
+            ids = [s.replica_id for s in todo.stops]
+            task = asyncio.create_task(self._retire(ids))
+            self._retiring.update(dict.fromkeys(ids, task))
         starting = {s.key.workspace_id: runs[s.key].team_id for s in todo.starts}
         inputs = await asyncio.to_thread(self._env_inputs, starting) if starting else {}
         results = await asyncio.gather(
@@ -413,6 +418,41 @@ class Engine:
             if isinstance(result, BaseException):
                 log.error("could not start %s slot %s: %s", start.key, start.slot, result)
                 self._last_exit[(start.key, start.slot)] = f"could not start: {result}"
+
+    async def _serving_replicas(self) -> list[Replica]:
+        """The service replicas a pass plans with: all but those retiring."""
+        return [
+            r
+            for r in await self.runtime.replicas()
+            if r.kind is Kind.SERVICE and r.id not in self._retiring
+        ]
+
+    async def _retire(self, replica_ids: list[str]) -> None:
+        """Let the requests in flight on these replicas (already out of the balancers) finish,
+        at most ``drain_timeout``, then stop them and plan again."""
+        try:
+            if self.traffic is not None:
+                await self.traffic.drain(replica_ids, timeout=self.drain_timeout)
+            results = await asyncio.gather(
+                *(self.runtime.stop(r, grace=self.grace) for r in replica_ids),
+                return_exceptions=True,
+            )
+            for replica_id, result in zip(replica_ids, results, strict=True):
+                if isinstance(result, Exception):
+                    log.error("could not stop %s: %s", replica_id, result)
+        finally:
+            for replica_id in replica_ids:
+                self._retiring.pop(replica_id, None)
+            self._nudge()
+
+    async def _stop_retiring(self) -> None:
+        """Cut the drains short (the engine stops): their replicas are stopped by whoever
+        stops everything, or adopted by the next engine."""
+        tasks = set(self._retiring.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._retiring.clear()
 
     def _env_inputs(
         self, teams: Mapping[int, int]

@@ -247,6 +247,9 @@ class ProcessRuntime:
         records = [r for r in self._records.all() if r.workspace_id == workspace_id and r.sandboxed]
         names = {r.name for r in records if r.kind == Kind.SERVICE.value}
         services = self.networks.service_addresses(workspace_id, names)
+        # A slot's new replica and its old one (finishing its requests) share a hostname for a
+        # moment: the newest has it.
+        records.sort(key=lambda r: r.started_at)
         self.networks.write_hosts(
             workspace_id,
             services,
