@@ -43,7 +43,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -55,7 +55,7 @@ from terrace.router.table import Backend, Pool, Route, RouteTable
 VALGRIND = "valgrind"
 WARM_UP = 200
 CONNECTIONS = 4
-START_TIMEOUT = 60.0  # seconds: a program under callgrind starts ~50x slower
+DUMP_TIMEOUT = 60.0  # seconds for callgrind to write its dump
 
 BARE_HAPROXY = """\
 global
@@ -112,25 +112,13 @@ def requests(port: int, count: int) -> None:
         raise RuntimeError(f"requests failed: {failures[:3]}")
 
 
-def wait_answering(port: int, alive: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if not alive():
-            raise RuntimeError(f"{what} exited")
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            if rb.get(port, timeout=5.0)[0] == 200:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"{what} did not answer on port {port} within {START_TIMEOUT:g} s")
-
-
 def count(pid: int, port: int, out: Path, n: int) -> float:
     """Instructions per request of process ``pid`` (running under callgrind, writing ``out``)."""
     requests(port, WARM_UP)
     subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
     requests(port, n)
     subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
-    deadline = time.monotonic() + START_TIMEOUT
+    deadline = time.monotonic() + DUMP_TIMEOUT
     while time.monotonic() < deadline:
         for dump in sorted(out.parent.glob(out.name + ".*")):
             for line in dump.read_text().splitlines():
@@ -146,7 +134,7 @@ def running(argv: list[str], cwd: Path, port: int, what: str) -> Iterator[int]:
     process = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     try:
         try:
-            wait_answering(port, lambda: process.poll() is None, what)
+            rb.wait_answering(port, process, what)
         except RuntimeError as exc:
             tail = (cwd / "stderr.log").read_text(errors="replace")[-1500:]
             raise RuntimeError(f"{exc}:\n{tail}") from None

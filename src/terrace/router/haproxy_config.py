@@ -36,11 +36,11 @@ app may see a client's. When a pool last had a request is its slot backend's ``l
 (``show stat``, whole seconds), which HAProxy keeps anyway.
 
 Other things HAProxy 2.6.12 does that shaped this file: a relative ``stats socket`` path needs the
-``unix@`` prefix; ``http-request set-timeout`` is refused in a frontend (so each slot sets the
-longer server timeout of a sleeping pool itself); after a 502 it closes the client connection
-without saying so, and a client that reuses it loses its next request: the 502 and 504 answers
-carry ``Connection: close`` (``http-error ... hdr``: no rule per response); ``-q`` would hide
-the messages of a failed start too.
+``unix@`` prefix; ``http-request set-timeout`` is refused in a frontend (so the longer server
+timeout of a request that waits for a wake is the ``activator`` backend's own); after a 502 it
+closes the client connection without saying so, and a client that reuses it loses its next
+request: the 502 and 504 answers carry ``Connection: close`` (``http-error ... hdr``: no rule
+per response); ``-q`` would hide the messages of a failed start too.
 """
 
 from __future__ import annotations
