@@ -68,6 +68,10 @@ A standalone boot has ``start``, ``listen``, and ``health`` (there: until the fi
                                      [--retries 2] [--quiet 10] [--nginx-workers auto]
                                      [--no-wake] [--no-load]
 
+``--peers`` also takes ``haproxy@N``: the HAProxy plane with N threads (it runs 1 unless told
+more), measured in the same rounds as the others (``--peers nginx,haproxy,haproxy@2
+--no-wake`` compares one thread with two).
+
 Ends with one line of JSON.
 """
 
@@ -407,7 +411,9 @@ def start_nginx(workdir: Path, name: str, workers: str, server: str, extra: str 
 
 
 def start_plane(workdir: Path, name: str, backend_port: int) -> Peer:
-    """``bench/router.py --serve-plane NAME`` in a process of its own; waits for its port."""
+    """``bench/router.py --serve-plane NAME`` in a process of its own; waits for its port.
+    ``haproxy@N``: the HAProxy plane with N threads."""
+    plane, _, threads = name.partition("@")
     state = workdir / f"plane-{name}"
     state.mkdir()
     log = state / "runner.log"
@@ -416,11 +422,12 @@ def start_plane(workdir: Path, name: str, backend_port: int) -> Peer:
             sys.executable,
             str(Path(__file__).resolve()),
             "--serve-plane",
-            name,
+            plane,
             "--backend",
             f"127.0.0.1:{backend_port}",
             "--state-dir",
             str(state),
+            *(["--threads", threads] if threads else []),
         ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -441,7 +448,7 @@ def start_plane(workdir: Path, name: str, backend_port: int) -> Peer:
     return peer
 
 
-def serve_plane(name: str, backend: str, state_dir: Path) -> None:
+def serve_plane(name: str, backend: str, state_dir: Path, threads: int | None) -> None:
     """The runner of ``--serve-plane``: one plane on a free port, routing ``/`` to ``backend``,
     until SIGTERM or SIGINT. Prints ``listening PORT {about}`` once it routes."""
     from terrace.router.planes import make_plane  # noqa: PLC0415
@@ -454,7 +461,7 @@ def serve_plane(name: str, backend: str, state_dir: Path) -> None:
     )
 
     async def main(loop_name: str) -> None:
-        plane = make_plane(name, state_dir=state_dir)
+        plane = make_plane(name, state_dir=state_dir, threads=threads)
         bound = await plane.start("127.0.0.1", 0)
         await plane.apply(table)
         stopping = asyncio.Event()
@@ -463,7 +470,9 @@ def serve_plane(name: str, backend: str, state_dir: Path) -> None:
             loop.add_signal_handler(signum, stopping.set)
         gc.collect()
         gc.freeze()  # as `terrace server` does after start-up
-        about = {"loop": loop_name, "pid": os.getpid()}
+        about: dict[str, Any] = {"loop": loop_name, "pid": os.getpid()}
+        if name == "haproxy":
+            about["haproxy_threads"] = threads or default_threads()
         print(f"listening {bound} {json.dumps(about)}", flush=True)
         try:
             await stopping.wait()
@@ -517,6 +526,20 @@ def peers(workdir: Path, wanted: list[str], proxy_workers: str) -> Iterator[dict
         for peer in reversed(started):
             if peer.process is not None:
                 stop(peer.process)
+
+
+def known_peer(name: str) -> bool:
+    """One of :data:`PEERS`, or ``haproxy@N``: the HAProxy plane with N (1-64) threads."""
+    plane, at, threads = name.partition("@")
+    if not at:
+        return name in PEERS
+    return plane == "haproxy" and threads.isdigit() and 1 <= int(threads) <= 64
+
+
+def default_threads() -> int:
+    from terrace.router.haproxy_config import DEFAULT_THREADS  # noqa: PLC0415
+
+    return DEFAULT_THREADS
 
 
 def plane_unavailable(name: str) -> str | None:
@@ -1056,11 +1079,12 @@ def main() -> None:
     parser.add_argument("--no-wake", action="store_true", help="skip waking (for iterating)")
     parser.add_argument("--no-load", action="store_true", help="skip proxying (for iterating)")
     parser.add_argument("--serve-plane", choices=PLANES, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--backend", help=argparse.SUPPRESS)
     parser.add_argument("--state-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_plane:
-        serve_plane(args.serve_plane, args.backend, args.state_dir)
+        serve_plane(args.serve_plane, args.backend, args.state_dir, args.threads)
         return
     signal.signal(signal.SIGTERM, interrupted)
     rounds = args.rounds or (1 if args.quick else 10)
@@ -1072,13 +1096,13 @@ def main() -> None:
     run_quiet = 0.0 if args.quick else min(quiet, 5.0)
     retries = args.retries if args.retries is not None else (0 if args.quick else 2)
     names = [p.strip() for p in args.peers.split(",") if p.strip()]
-    if set(names) - set(PEERS) or not names:
-        parser.error(f"--peers takes {','.join(PEERS)}")
+    if not names or not all(map(known_peer, names)):
+        parser.error(f"--peers takes {','.join(PEERS)} and haproxy@N (N threads)")
     load_avg = os.getloadavg()[0]
     started = time.monotonic()
     skipped: dict[str, str] = {}
-    for name in [n for n in names if n in PLANES]:
-        why = plane_unavailable(name)
+    for name in [n for n in names if n.partition("@")[0] in PLANES]:
+        why = plane_unavailable(name.partition("@")[0])
         if why:
             skipped[name] = why
             names.remove(name)
@@ -1167,6 +1191,7 @@ def main() -> None:
             "wakes": wakes,
             "backend_workers": 1,
             "nginx_proxy_workers": args.nginx_workers,
+            "haproxy_threads": default_threads(),
             "processes": about,
         },
         "cpus": os.cpu_count(),

@@ -273,6 +273,27 @@ def test_a_haproxy_left_behind_in_the_state_folder_is_replaced(start_haproxy: St
     assert new.run(main()) == "web"
 
 
+def test_haproxy_runs_one_thread_unless_told_more(start_haproxy: Start, tmp_path: Path) -> None:
+    def threads(harness: Harness) -> int:
+        info = harness.run(haproxy_of(harness)._api.show("show info"))
+        return int(
+            dict(line.split(": ", 1) for line in info.splitlines() if ": " in line)["Nbthread"]
+        )
+
+    one = start_haproxy()
+    four = start_haproxy(state_dir=tmp_path / "four", threads=4)
+
+    async def served(harness: Harness) -> str:
+        (web,) = await harness.backends("web")
+        await harness.apply(Route("/", "web"), pool("web", web))
+        return backend_of(await harness.get("/"))
+
+    assert (threads(one), threads(four)) == (1, 4)
+    assert four.run(served(four)) == "web"
+    with pytest.raises(ValueError, match="HAProxy runs 1 to 64 threads, not 65"):
+        HaproxyPlane(state_dir=tmp_path / "more", threads=65)
+
+
 def test_a_port_in_use_fails_the_start(tmp_path: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         plane = HaproxyPlane(state_dir=tmp_path / "state")

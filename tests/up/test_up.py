@@ -122,6 +122,22 @@ def test_a_landscape_that_cannot_be_deployed_lists_every_problem(
     bad.assert_nothing_left()
 
 
+def test_router_threads_the_plane_cannot_run_are_refused_before_anything_starts(
+    installation: Callable[[Path], Installation], tmp_path: Path
+) -> None:
+    _landscape(tmp_path / "app", "schemaVersion: v0.2\nrun: {}\n")
+    app = installation(tmp_path / "app")
+    assert app.up("--router", "builtin", "--router-threads", "2").wait(timeout=60) == 1
+    assert (
+        "terrace up: --router-threads 2: the builtin plane runs one thread (only haproxy runs "
+        "more)" in app.output()
+    )
+    assert app.up("--router-threads", "0").wait(timeout=60) == 2
+    assert "Invalid value for '--router-threads'" in app.output()
+    assert "greater than or equal to 1" in app.output()
+    app.assert_nothing_left()
+
+
 def test_scale_teardown_and_a_crashing_service_through_the_api(
     installation: Callable[[Path], Installation], tmp_path: Path
 ) -> None:

@@ -33,12 +33,15 @@ class EdgeSettings:
     port: int = 8080
     plane: str | None = None
     """``haproxy``, ``builtin``, or None: haproxy when installed."""
+    threads: int | None = None
+    """The plane's threads (None: its default, one; only haproxy runs more)."""
     domain: str = "localhost"
     """Landscapes are served at ``<workspace>-<port>.<domain>``."""
     timeouts: Timeouts = field(default_factory=Timeouts)
 
     def __post_init__(self) -> None:
-        check_plane(self.plane)  # before anything starts: a wrong --router is a usage error
+        # Before anything starts: a wrong --router or --router-threads is a usage error.
+        check_plane(self.plane, self.threads)
 
 
 class Edge:
@@ -53,7 +56,11 @@ class Edge:
     ) -> None:
         self.settings = settings
         self.plane: DataPlane = make_plane(
-            settings.plane, state_dir=state_dir, timeouts=settings.timeouts, on_wake=self._waking
+            settings.plane,
+            state_dir=state_dir,
+            timeouts=settings.timeouts,
+            on_wake=self._waking,
+            threads=settings.threads,
         )
         self.wake = wake
         self.activator = TcpActivator(

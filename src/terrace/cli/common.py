@@ -75,6 +75,18 @@ RouterOption = Annotated[
         show_default=False,
     ),
 ]
+RouterThreadsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--router-threads",
+        envvar="TERRACE_ROUTER_THREADS",
+        min=1,
+        max=64,
+        help="HAProxy's threads (default: 1, which leaves the other cores to the apps; the "
+        "builtin plane runs one).",
+        show_default=False,
+    ),
+]
 DomainOption = Annotated[
     str,
     typer.Option("--domain", envvar="TERRACE_DOMAIN", help="Landscapes' hosts end in this domain."),

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from terrace.cli.common import DomainOption, RouterOption
+from terrace.cli.common import DomainOption, RouterOption, RouterThreadsOption
 from terrace.errors import TerraceError
 from terrace.store.home import DEFAULT_API_PORT
 
@@ -34,6 +34,7 @@ def server(
         str, typer.Option(help="The address the public router listens on.")
     ] = "127.0.0.1",
     router: RouterOption = None,
+    router_threads: RouterThreadsOption = None,
     domain: DomainOption = "localhost",
 ) -> None:
     """Serve the REST API under /api and run the engine (state in $TERRACE_HOME or
@@ -44,7 +45,13 @@ def server(
     try:
         edge = None
         if router_port is not None and engine:
-            edge = EdgeSettings(host=router_host, port=router_port, plane=router, domain=domain)
+            edge = EdgeSettings(
+                host=router_host,
+                port=router_port,
+                plane=router,
+                threads=router_threads,
+                domain=domain,
+            )
         serve(host=host, port=port, engine=engine, edge=edge)
     except (TerraceError, OSError, ValueError) as exc:
         typer.echo(f"terrace server: {exc}", err=True)

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from terrace.cli.common import DomainOption, RouterOption
+from terrace.cli.common import DomainOption, RouterOption, RouterThreadsOption
 from terrace.errors import TerraceError
 
 __all__ = ["up"]
@@ -40,6 +40,7 @@ def up(
         bool, typer.Option("--skip-tests", help="Do not run the test stage before deploying.")
     ] = False,
     router: RouterOption = None,
+    router_threads: RouterThreadsOption = None,
     domain: DomainOption = "localhost",
 ) -> None:
     """Run the API, the engine and the router here; deploy FOLDER's landscape and serve it."""
@@ -50,7 +51,9 @@ def up(
 
     runner = Up(folder, profile=profile, port=port, run_tests=not skip_tests)
     try:
-        edge = EdgeSettings(host="127.0.0.1", port=port, plane=router, domain=domain)
+        edge = EdgeSettings(
+            host="127.0.0.1", port=port, plane=router, threads=router_threads, domain=domain
+        )
         serve(
             host="127.0.0.1",
             port=api_port,

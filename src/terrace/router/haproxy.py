@@ -53,7 +53,9 @@ from pathlib import Path
 from terrace.router.haproxy_api import Command, HaproxyError, RuntimeApi
 from terrace.router.haproxy_config import (
     ACTIVATOR,
+    DEFAULT_THREADS,
     MAPS,
+    MAX_THREADS,
     POOL_HEADER,
     SOCKET,
     Layout,
@@ -135,13 +137,17 @@ class HaproxyPlane:
         on_wake: Waker | None = None,
         executable: str = "haproxy",
         slots: int = DEFAULT_SLOTS,
+        threads: int = DEFAULT_THREADS,
         stop_grace: float = 1.0,
     ) -> None:
+        if not 1 <= threads <= MAX_THREADS:
+            raise ValueError(f"HAProxy runs 1 to {MAX_THREADS} threads, not {threads}")
         self._dir = state_dir
         self._timeouts = timeouts
         self._on_wake = on_wake
         self._executable = executable
         self._slots = slots
+        self._threads = threads
         self._stop_grace = stop_grace
         self._api = RuntimeApi(state_dir / SOCKET)
         self._process: asyncio.subprocess.Process | None = None
@@ -182,6 +188,7 @@ class HaproxyPlane:
                 listen=f"fd@{listener.fileno()}",
                 timeouts=self._timeouts,
                 slots=self._slots,
+                threads=self._threads,
                 maxconn=_max_connections(),
                 stop_grace=self._stop_grace,
             )
