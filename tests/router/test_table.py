@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from terrace.router.landscapes import LandscapeTraffic, ReplicaAddress, route_table
-from terrace.router.table import Backend, Pool, Route, RouteTable, normalize_host
+from terrace.router.table import Backend, Balance, Pool, Route, RouteTable, normalize_host
 from terrace.spec.landscape_parser import parse_landscape
 
 SHOP = """
@@ -145,6 +145,19 @@ def test_a_landscape_is_served_on_its_hosts_its_domains_and_the_path_form() -> N
     assert [(b.host, b.port) for b in table.pools["w7-web-3000"].backends] == [("127.0.0.1", 41234)]
     assert [b.id for b in table.pools["w7-api-3000"].backends] == ["7-api-0-aa", "7-api-1-bb"]
     assert not table.pools["w7-api-3000"].wake
+    assert {p.balance for p in table.pools.values()} == {Balance.ROUND_ROBIN}
+
+
+def test_a_service_asking_for_least_connections_gets_it_on_all_its_ports() -> None:
+    text = SHOP.replace("  api:\n", "  api:\n    loadBalancing: leastConnections\n")
+    landscape = parse_landscape(text, file="ci.yml").value
+    table = route_table([LandscapeTraffic(workspace_id=7, landscape=landscape)], domain="test")
+    balance = {name: pool.balance for name, pool in table.pools.items()}
+    assert balance == {
+        "w7-api-3000": Balance.LEAST_CONN,
+        "w7-api-8443": Balance.LEAST_CONN,
+        "w7-web-3000": Balance.ROUND_ROBIN,
+    }
 
 
 def test_the_default_workspace_is_served_on_any_other_host_and_sleepers_wake() -> None:

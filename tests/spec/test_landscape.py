@@ -4,6 +4,7 @@ from terrace.spec.expressions import RefKind
 from terrace.spec.landscape import (
     HealthCheck,
     HealthCheckKind,
+    LoadBalancing,
     ManagedServiceEntry,
     Network,
     PathRoute,
@@ -552,3 +553,30 @@ def test_mount_paths_are_compared_normalised() -> None:
         """
     )
     assert error.message == "'/data' is mounted twice"
+
+
+def test_load_balancing_is_round_robin_unless_a_service_asks_for_least_connections() -> None:
+    model = landscape(
+        """\
+        schemaVersion: v0.2
+        run:
+          api:
+            steps: [{command: api}]
+            loadBalancing: leastConnections
+          web:
+            steps: [{command: web}]
+        """
+    ).value
+    assert model.services["api"].load_balancing is LoadBalancing.LEAST_CONNECTIONS
+    assert model.services["web"].load_balancing is LoadBalancing.ROUND_ROBIN
+    error = landscape_errors(
+        """\
+        schemaVersion: v0.2
+        run:
+          api:
+            steps: [{command: api}]
+            loadBalancing: least-conn
+        """
+    )
+    assert rows(error.problems) == [(5, "run.api.loadBalancing")]
+    assert error.message == "loadBalancing 'least-conn' must be roundRobin or leastConnections"

@@ -12,7 +12,8 @@ Where a landscape is served (``domain`` is the installation's, ``localhost`` by 
 - any other host at all, for the *default* workspace (``terrace up DIR``): its paths at ``/``.
 
 Ports that are neither in a path nor public are private: no route reaches them; only the
-landscape's own replicas do, by service name.
+landscape's own replicas do, by service name. A service's pools balance as its
+``loadBalancing`` says (round-robin unless ``leastConnections``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from terrace.router.table import Backend, Balance, Pool, Route, RouteTable, valid_prefix
-from terrace.spec.landscape import DEFAULT_PORT, Landscape
+from terrace.spec.landscape import DEFAULT_PORT, Landscape, LoadBalancing
 
 __all__ = [
     "PATH_FORM",
@@ -34,6 +35,10 @@ __all__ = [
 ]
 
 PATH_FORM = "/_ws"
+_BALANCE = {
+    LoadBalancing.ROUND_ROBIN: Balance.ROUND_ROBIN,
+    LoadBalancing.LEAST_CONNECTIONS: Balance.LEAST_CONN,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +108,7 @@ def route_table(
                         Backend(r.id, r.host, r.ports.get(port, port))
                         for r in item.replicas.get(service, ())
                     ),
-                    Balance.ROUND_ROBIN,
+                    _BALANCE[item.landscape.services[service].load_balancing],
                     wake=service in item.wakeable,
                 )
             return name

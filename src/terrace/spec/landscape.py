@@ -24,6 +24,7 @@ __all__ = [
     "HealthCheck",
     "HealthCheckKind",
     "Landscape",
+    "LoadBalancing",
     "ManagedServiceEntry",
     "Network",
     "PathRoute",
@@ -122,6 +123,15 @@ class VolumeMount:
     name: str = "_workspace"
 
 
+class LoadBalancing(StrEnum):
+    """``loadBalancing``: how a service's requests are spread over its replicas."""
+
+    ROUND_ROBIN = "roundRobin"
+    """Each replica in turn (the default)."""
+    LEAST_CONNECTIONS = "leastConnections"
+    """The replica with the fewest requests in flight: for requests of very unequal length."""
+
+
 class ServiceKind(StrEnum):
     REACTIVE = "reactive"
     """Commands run as a sandboxed process on the shared workspace."""
@@ -147,6 +157,9 @@ class Service:
     sleep_after: float | None = None
     """``sleepAfter``, in seconds: with no request for that long, the service is stopped; the
     next request (public, or by name from the landscape) wakes it and waits for it."""
+    load_balancing: LoadBalancing = LoadBalancing.ROUND_ROBIN
+    """``loadBalancing``: how the router spreads the service's public requests over its
+    replicas (calls by name go to each replica in turn, connection by connection)."""
     image: str | None = None
     command: tuple[str, ...] | None = None
     """For containers: the command to run instead of the image's own (``command:`` as a list)."""

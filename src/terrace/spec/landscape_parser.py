@@ -27,6 +27,7 @@ from terrace.spec.landscape import (
     HealthCheck,
     HealthCheckKind,
     Landscape,
+    LoadBalancing,
     ManagedServiceEntry,
     Service,
     ServiceKind,
@@ -57,6 +58,7 @@ SERVICE_KEYS = (
     "healthEndpoint",
     "mountSubPath",
     "sleepAfter",
+    "loadBalancing",
     "image",
     "baseImage",
     "command",
@@ -280,6 +282,7 @@ class _LandscapeParser:
         health = self._health(view)
         mount_sub_path = self._relative_path(view, "mountSubPath")
         sleep_after = self._sleep_after(view)
+        load_balancing = self._load_balancing(view)
         run_as_user = view.integer("runAsUser", minimum=0)
         run_as_group = view.integer("runAsGroup", minimum=0)
         mounts = self._volume_mounts(view)
@@ -313,6 +316,7 @@ class _LandscapeParser:
             health=health,
             mount_sub_path=mount_sub_path,
             sleep_after=sleep_after,
+            load_balancing=load_balancing,
             image=image,
             command=command,
             run_as_user=run_as_user if kind is ServiceKind.CONTAINER else None,
@@ -337,6 +341,21 @@ class _LandscapeParser:
             )
             return None
         return float(seconds)
+
+    @staticmethod
+    def _load_balancing(view: MapView) -> LoadBalancing:
+        """``loadBalancing``: ``roundRobin`` (the default) or ``leastConnections``."""
+        value = view.get("loadBalancing")
+        if value is None:
+            return LoadBalancing.ROUND_ROBIN
+        known = {b.value: b for b in LoadBalancing}
+        if isinstance(value, str) and value in known:
+            return known[value]
+        view.error(
+            "loadBalancing",
+            f"loadBalancing {value!r} must be {' or '.join(known)}",
+        )
+        return LoadBalancing.ROUND_ROBIN
 
     def _image(self, view: MapView) -> str | None:
         image = view.string("image")
