@@ -413,7 +413,7 @@ def start_nginx(workdir: Path, name: str, workers: str, server: str, extra: str 
 def start_plane(workdir: Path, name: str, backend_port: int) -> Peer:
     """``bench/router.py --serve-plane NAME`` in a process of its own; waits for its port.
     ``haproxy@N``: the HAProxy plane with N threads."""
-    plane, _, threads = name.partition("@")
+    plane, threads = split_peer(name)
     state = workdir / f"plane-{name}"
     state.mkdir()
     log = state / "runner.log"
@@ -427,7 +427,7 @@ def start_plane(workdir: Path, name: str, backend_port: int) -> Peer:
             f"127.0.0.1:{backend_port}",
             "--state-dir",
             str(state),
-            *(["--threads", threads] if threads else []),
+            *(["--threads", str(threads)] if threads else []),
         ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -528,12 +528,15 @@ def peers(workdir: Path, wanted: list[str], proxy_workers: str) -> Iterator[dict
                 stop(peer.process)
 
 
-def known_peer(name: str) -> bool:
-    """One of :data:`PEERS`, or ``haproxy@N``: the HAProxy plane with N (1-64) threads."""
-    plane, at, threads = name.partition("@")
-    if not at:
-        return name in PEERS
-    return plane == "haproxy" and threads.isdigit() and 1 <= int(threads) <= 64
+def split_peer(name: str) -> tuple[str, int | None]:
+    """A peer's name as (peer, threads): ``haproxy@N`` is the HAProxy plane with N threads;
+    ValueError for anything but that and :data:`PEERS`."""
+    peer, at, threads = name.partition("@")
+    if not at and peer in PEERS:
+        return peer, None
+    if peer == "haproxy" and threads.isdigit() and int(threads) >= 1:
+        return peer, int(threads)
+    raise ValueError(name)
 
 
 def default_threads() -> int:
@@ -1096,13 +1099,17 @@ def main() -> None:
     run_quiet = 0.0 if args.quick else min(quiet, 5.0)
     retries = args.retries if args.retries is not None else (0 if args.quick else 2)
     names = [p.strip() for p in args.peers.split(",") if p.strip()]
-    if not names or not all(map(known_peer, names)):
+    try:
+        planes_of = {name: split_peer(name)[0] for name in names}
+    except ValueError:
+        planes_of = {}
+    if not planes_of:
         parser.error(f"--peers takes {','.join(PEERS)} and haproxy@N (N threads)")
     load_avg = os.getloadavg()[0]
     started = time.monotonic()
     skipped: dict[str, str] = {}
-    for name in [n for n in names if n.partition("@")[0] in PLANES]:
-        why = plane_unavailable(name.partition("@")[0])
+    for name in [n for n in names if planes_of[n] in PLANES]:
+        why = plane_unavailable(planes_of[name])
         if why:
             skipped[name] = why
             names.remove(name)

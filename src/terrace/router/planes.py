@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from terrace.router.haproxy_config import DEFAULT_THREADS, MAX_THREADS
+from terrace.router.haproxy_config import DEFAULT_THREADS
 from terrace.router.plane import DataPlane, Timeouts, Waker
 
 __all__ = ["PLANES", "available", "check_plane", "make_plane"]
@@ -19,7 +19,8 @@ def available(name: str) -> bool:
 
 def check_plane(name: str | None, threads: int | None = None) -> str:
     """The plane ``name`` stands for (None: the best one installed); ValueError naming what is
-    wrong or missing, or why it cannot run ``threads`` threads (None: its default)."""
+    wrong or missing, or that it runs one thread where ``threads`` asks for more (the range is
+    the HAProxy plane's to check)."""
     chosen = name or next(p for p in PLANES if available(p))
     if chosen not in PLANES:
         raise ValueError(f"unknown router plane {chosen!r}: choose one of {', '.join(PLANES)}")
@@ -30,8 +31,6 @@ def check_plane(name: str | None, threads: int | None = None) -> str:
             f"--router-threads {threads}: the {chosen} plane runs one thread (only haproxy "
             "runs more)"
         )
-    if threads is not None and not 1 <= threads <= MAX_THREADS:
-        raise ValueError(f"--router-threads {threads}: choose 1 to {MAX_THREADS}")
     return chosen
 
 
