@@ -12,8 +12,8 @@ measure what differs between the peers, their own code.
 
 Peers, each under ``valgrind --tool=callgrind`` in turn, one thread or worker each:
 
-- ``nginx``: the proxy of ``bench/router.py`` (upstream keepalive, ``X-Forwarded-*``,
-  ``X-Request-Id`` from ``$request_id``), one worker, no master;
+- ``nginx``: the proxy of ``bench/router.py`` (upstream keepalive, the request headers our
+  planes set, ``X-Request-Id`` from ``$request_id``), one worker, no master;
 - ``haproxy``: the real :class:`~terrace.router.haproxy.HaproxyPlane` (its configuration, maps
   and dynamic server set over the runtime API), routing ``/`` to the backend;
 - ``haproxy-bare``: HAProxy 2.6 with a frontend, a backend and nothing else: HAProxy's floor;
@@ -228,7 +228,10 @@ def without_each_rule(config: str, backend: int, port: int) -> dict[str, str]:
             continue
         optional = text.startswith(("http-request", "http-after-response", "unique-id-format"))
         if optional or text == "option forwardfor":
-            if "set-var(txn." in text:  # the routing: nothing works without it
+            if text.startswith(
+                ("http-request set-var(txn.path)", "http-request set-var(txn.route)")
+            ):
+                # the routing: nothing works without it
                 continue
             variants[text] = "\n".join(lines[:i] + lines[i + 1 :]) + "\n"
     return variants

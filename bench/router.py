@@ -10,8 +10,10 @@ front of it, on their own loopback ports, each as its own process tree:
 - ``direct``: no proxy, ``wrk`` talks to the backend itself (the floor);
 - ``nginx``: a second nginx with ``proxy_pass`` to an ``upstream`` with ``keepalive 32``,
   ``proxy_http_version 1.1`` and ``proxy_set_header Connection ""`` (upstream keep-alive, as
-  production runs it), setting the ``X-Forwarded-*`` and ``X-Request-Id`` headers our planes
-  set, ``worker_processes auto`` (Debian's default: 2 here);
+  production runs it), doing to the request what our planes do (``X-Forwarded-For``,
+  ``-Proto``, ``-Port`` and ``X-Request-Id`` set, a client's ``X-Forwarded-Host`` and
+  ``-Prefix`` removed; the response passed as it came), ``worker_processes auto`` (Debian's
+  default: 2 here);
 - ``haproxy`` and ``builtin``: our planes (:func:`terrace.router.planes.make_plane`), each in a
   process of its own (``bench/router.py --serve-plane NAME``: one event loop, uvloop when
   installed, ``gc.freeze()`` after start-up as ``terrace server`` does), following a route
@@ -364,10 +366,10 @@ PROXY_SERVER = """\
             proxy_set_header Host $http_host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header X-Forwarded-Host "";
+            proxy_set_header X-Forwarded-Prefix "";
             proxy_set_header X-Forwarded-Port $server_port;
             proxy_set_header X-Request-Id $request_id;
-            add_header X-Request-Id $request_id;
         }
 """
 

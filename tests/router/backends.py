@@ -11,7 +11,8 @@ length and SHA-256 (counted as it streams, never kept). Every path answers by it
 - ``.../big?bytes=N``: ``N`` bytes of :func:`big_body`, with a Content-Length;
 - ``.../ws`` with ``Upgrade: websocket``: a WebSocket that echoes every message;
 - ``.../hangup``: closes the connection without answering;
-- anything else: the echo, a JSON object (:class:`Echo` lists its keys).
+- anything else: the echo, a JSON object (:class:`Echo` lists its keys); with ``?id=X`` its
+  response carries ``X-Request-Id: X`` (an app that returns an id of its own).
 
 Counters (:attr:`~Upstream.in_flight`, :attr:`~Upstream.handled`, :attr:`~Upstream.accepted`,
 :attr:`~Upstream.connections`, :attr:`~Upstream.body_received`, ...) change with the traffic;
@@ -260,6 +261,8 @@ class Upstream:
             "body_sha256": request.sha256.hexdigest(),
         }
         body = json.dumps(echo).encode()
+        if "id" in params:
+            connection += b"X-Request-Id: %s\r\n" % params["id"].encode("latin-1")
         writer.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Backend: %s\r\n"
             b"%sContent-Length: %d\r\n\r\n%s" % (self.id.encode(), connection, len(body), body)

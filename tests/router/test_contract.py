@@ -449,17 +449,19 @@ def test_a_backend_hanging_up_on_a_later_request_of_a_connection_gets_502_or_a_c
 
 @pytest.mark.timeouts(response=0.5)
 def test_a_backend_that_does_not_answer_in_time_gets_504(plane: Harness) -> None:
-    async def main() -> tuple[int, float, int]:
+    async def main() -> tuple[int, float, int, str]:
         (web,) = await plane.backends("web")
         await plane.apply(Route("/", "web"), pool("web", web))
         loop = asyncio.get_running_loop()
         started = loop.time()
         response = await plane.get("/slow")
-        return response.status_code, loop.time() - started, web.in_flight
+        made = response.headers.get("x-request-id", "")
+        return response.status_code, loop.time() - started, web.in_flight, made
 
-    status, elapsed, in_flight = plane.run(main())
+    status, elapsed, in_flight, made = plane.run(main())
 
     assert status == 504
+    assert REQUEST_ID.fullmatch(made)  # the id the plane made for the request, sent with it
     assert 0.45 <= elapsed < 5.0
     assert in_flight == 1  # it really was held by the backend
 
@@ -467,9 +469,12 @@ def test_a_backend_that_does_not_answer_in_time_gets_504(plane: Harness) -> None
 # --- headers ---
 
 
-def test_a_request_id_is_made_when_absent_kept_when_present_and_returned(
+def test_a_request_id_is_made_when_absent_kept_when_present_and_responses_are_left_alone(
     plane: Harness,
 ) -> None:
+    """As Heroku's router: the id goes to the app, which may return it (or one of its own); the
+    plane adds none to an app's response (its own answers carry it: the 404, 502, 504 tests)."""
+
     async def main() -> list[tuple[list[str], list[str]]]:
         (web,) = await plane.backends("web")
         await plane.apply(Route("/", "web"), pool("web", web))
@@ -477,20 +482,23 @@ def test_a_request_id_is_made_when_absent_kept_when_present_and_returned(
             await plane.get("/"),
             await plane.get("/"),
             await plane.get("/", headers={"X-Request-Id": "abc-123"}),
+            await plane.get("/?id=app-7", headers={"X-Request-Id": "abc-123"}),
         ]
         return [
             (values(echoed(r)["headers"], "x-request-id"), r.headers.get_list("x-request-id"))
             for r in responses
         ]
 
-    (first_sent, first_back), (second_sent, second_back), kept = plane.run(main())
+    answers = plane.run(main())
+    sent = [s for s, _ in answers]
+    returned = [r for _, r in answers]
 
-    assert kept == (["abc-123"], ["abc-123"])
-    assert len(first_sent) == len(second_sent) == 1
-    assert REQUEST_ID.fullmatch(first_sent[0])
-    assert REQUEST_ID.fullmatch(second_sent[0])
-    assert first_sent[0] != second_sent[0]
-    assert (first_back, second_back) == (first_sent, second_sent)
+    assert sent[2] == sent[3] == ["abc-123"]
+    assert len(sent[0]) == len(sent[1]) == 1
+    assert REQUEST_ID.fullmatch(sent[0][0])
+    assert REQUEST_ID.fullmatch(sent[1][0])
+    assert sent[0] != sent[1]
+    assert returned == [[], [], [], ["app-7"]]
 
 
 def test_forwarded_headers_are_set_and_client_values_replaced_or_appended(
@@ -518,9 +526,9 @@ def test_forwarded_headers_are_set_and_client_values_replaced_or_appended(
     spoofing, plain = plane.run(main())
 
     expected = {
-        "host": [host],
+        "host": [host],  # as the client sent it: no X-Forwarded-Host (it would say the same)
         "x-forwarded-proto": ["http"],
-        "x-forwarded-host": [host],
+        "x-forwarded-host": [],
         "x-forwarded-port": [str(plane.port)],
     }
     assert {name: values(spoofing, name) for name in expected} == expected

@@ -16,8 +16,8 @@ parsed, and the response is passed on as it arrives (:class:`_Exchange`). Everyt
 to wait runs in one task per request (:func:`terrace.router.forward._slow`): holding a request
 for a sleeping pool, opening a connection, streaming a request body, a retry, a WebSocket
 tunnel; the response is still passed on by the callbacks. Heads are rewritten (hop-by-hop
-headers removed, ``X-Forwarded-*`` and ``X-Request-Id`` set) and bodies re-framed as they
-stream (:mod:`terrace.router.client`).
+headers removed; on requests ``X-Forwarded-*`` and ``X-Request-Id`` set) and bodies re-framed
+as they stream (:mod:`terrace.router.client`).
 
 **Where it lives.** :mod:`terrace.router.http1`: limits, header handling, the plane's own
 answers, body framing, request and response heads. :mod:`terrace.router.connection`: the
@@ -405,9 +405,8 @@ class BuiltinPlane:
             ip = client.forwarded_for
             if request.forwarded_for:
                 ip = b"%s, %s" % (request.forwarded_for, ip)
-            host = b"" if request.host is None else b"X-Forwarded-Host: %s\r\n" % request.host
             prefix = b"X-Forwarded-Prefix: %s\r\n" % route.strip.encode() if route.strip else b""
-            forwarded = b"X-Forwarded-For: %s\r\n%s%s%s" % (ip, self._proto_port, host, prefix)
+            forwarded = b"X-Forwarded-For: %s\r\n%s%s" % (ip, self._proto_port, prefix)
         extra = b""
         if request.transfer_encoding is not None:
             extra = b"Transfer-Encoding: %s\r\n" % request.transfer_encoding

@@ -2,7 +2,7 @@
 parser queues up requests, and :class:`_Exchange`, one response passed on from a backend to it.
 
 Both run in protocol callbacks only. A response head is rewritten on its way (hop-by-hop
-headers removed, ``X-Request-Id`` set); its body is re-framed as it streams (sized bodies pass as
+headers removed); its body is re-framed as it streams (sized bodies pass as
 they are, chunked bodies are re-chunked, a body that ends with the backend's EOF reaches the
 client unframed and the client connection is closed after it). The plane
 (:class:`terrace.router.builtin.BuiltinPlane`) decides what each request gets.
@@ -381,12 +381,7 @@ class _Exchange:
             connection = b""
         if mode == _CHUNKED:
             connection = b"Transfer-Encoding: %s\r\n%s" % (head.transfer_encoding, connection)
-        out = b"%s%sX-Request-Id: %s\r\n%s\r\n" % (
-            head.status_line,
-            head.kept,
-            request.request_id,
-            connection,
-        )
+        out = b"%s%s%s\r\n" % (head.status_line, head.kept, connection)
         body = up.body
         if body and mode != _NO_BODY:
             if mode == _CHUNKED:

@@ -234,7 +234,7 @@ async def _exchange(
         plane._settle(up, request, reusable)
         return exchange.keep and request.done and not request.upgrade
     if result == _UPGRADED:
-        await _tunnel(plane, client, request, up, cast(_Head, exchange.head))
+        await _tunnel(plane, client, up, cast(_Head, exchange.head))
         return False
     if result == _STALE and pump is None and request.body_size <= REPLAY_BODY:
         raise _Stale
@@ -290,14 +290,11 @@ async def _pump(
     return None
 
 
-async def _tunnel(
-    plane: BuiltinPlane, client: _Client, request: _Request, up: _Upstream, head: _Head
-) -> None:
+async def _tunnel(plane: BuiltinPlane, client: _Client, up: _Upstream, head: _Head) -> None:
     """After a 101: the response head, then bytes both ways until both sides are done."""
     out = bytearray(head.status_line)
     out += head.kept
-    out += b"Connection: Upgrade\r\nUpgrade: " + (head.upgrade_to or b"") + _CRLF
-    out += b"X-Request-Id: " + cast(bytes, request.request_id) + _CRLF + _CRLF
+    out += b"Connection: Upgrade\r\nUpgrade: " + (head.upgrade_to or b"") + _CRLF + _CRLF
     out += cast(bytes, up.upgraded)
     client.write(out)
     if client.rest:

@@ -186,6 +186,7 @@ class HaproxyPlane:
             bound: int = listener.getsockname()[1]
             layout = Layout(
                 listen=f"fd@{listener.fileno()}",
+                port=bound,
                 timeouts=self._timeouts,
                 slots=self._slots,
                 threads=self._threads,

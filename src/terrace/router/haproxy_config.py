@@ -29,8 +29,12 @@ to (``bench/router.py``; 32 strip rules, one pair per depth, once cost a fifth o
    takes no variable, so ``pad`` (``MAX_STRIP_DEPTH - depth`` slashes) goes in front of the path
    first: the rest of the path then always starts at the same field.
 
-Request ids are HAProxy's ``uuid`` (version 4, the canonical text form) unless the request has
-one; ``unique-id-format`` keeps it for the response without a variable. Only the activator's
+Request headers are what Heroku's router sets (:mod:`terrace.router.plane`): ``X-Request-Id``
+is HAProxy's ``uuid`` (version 4, the canonical text form) unless the request has one, kept in
+``txn.id`` for the plane's own answers (``hdr`` of ``http-error`` and the 404: evaluated only
+when one is sent; by a 502 or 504 the request itself is gone). No rule touches a backend's
+response: each rule costs every request (an ``http-after-response`` id cost 3,600 instructions
+a request, an ``X-Forwarded-Host``, which says what ``Host`` says, 2,500). Only the activator's
 backend sets ``X-Terrace-Pool`` (replacing any a client sent): no rule removes it elsewhere, an
 app may see a client's. When a pool last had a request is its slot backend's ``lastsess``
 (``show stat``, whole seconds), which HAProxy keeps anyway.
@@ -88,6 +92,8 @@ ACTIVATOR_BACKEND = "activator"
 ACTIVATOR = f"{ACTIVATOR_BACKEND}/activator"
 """The activator's server."""
 _STRIPS = "if { var(txn.route) -m beg p }"
+_ID = " hdr X-Request-Id %[var(txn.id)]"
+"""The request's id on an answer of the plane's own (none before the request was read)."""
 _NO_ROUTE = "no-route"
 _FORWARDED = ("X-Forwarded-Prefix", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Forwarded-Port")
 _SLOT_PREFIX = {Balance.ROUND_ROBIN: "rr", Balance.LEAST_CONN: "lc"}
@@ -108,6 +114,8 @@ class Layout:
 
     listen: str
     """The ``bind`` address: ``fd@N`` for a socket the plane opened, or ``host:port``."""
+    port: int
+    """The port ``listen`` is bound to: ``X-Forwarded-Port``."""
     timeouts: Timeouts
     slots: int
     maxconn: int
@@ -178,21 +186,21 @@ def render(layout: Layout) -> str:
         *(
             f'  http-error status {status} content-type text/plain string "{text}\\n"'
             + (" hdr Connection close" if status in (502, 504) else "")
+            + _ID
             for status, text in _MESSAGES.items()
         ),
         "",
         "frontend terrace",
         f"  bind {layout.listen}",
-        # The request's id, or a new one, is the id HAProxy keeps for the response (below).
-        "  unique-id-format %[req.fhdr(x-request-id)]",
+        # The request's id, or a new one; kept for the plane's own answers (_ID).
         "  http-request add-header X-Request-Id %[uuid] unless { req.fhdr(x-request-id) -m found }",
+        "  http-request set-var(txn.id) req.fhdr(x-request-id)",
         # What a client sent as X-Forwarded-* goes, but for X-Forwarded-For (a list: HAProxy
-        # adds the client's address to it). A delete then an add is cheaper than a set.
+        # adds the client's address to it). A delete then an add is cheaper than a set. The port
+        # is the one the plane bound: a constant costs less than dst_port.
         *(f"  http-request del-header {name}" for name in _FORWARDED),
         "  http-request add-header X-Forwarded-Proto http",
-        "  http-request add-header X-Forwarded-Host %[req.fhdr(host)]"
-        " if { req.fhdr(host) -m found }",
-        "  http-request add-header X-Forwarded-Port %[dst_port]",
+        f"  http-request add-header X-Forwarded-Port {layout.port}",
         "  http-request set-var(txn.path) path",
         "  http-request set-var(txn.route) req.fhdr(host),lower,field(1,:),"
         f"map_str({HOSTS_MAP},*),concat(,txn.path,/),map_beg({PREFIX_MAP})",
@@ -201,12 +209,11 @@ def render(layout: Layout) -> str:
         f"field({MAX_STRIP_DEPTH + 2},/,0)] {_STRIPS}",
         "  use_backend %[var(txn.route),field(2,?)]",  # none for "": the default
         f"  default_backend {_NO_ROUTE}",
-        "  http-after-response set-header X-Request-Id %[unique-id]",
     ]
     lines += [
         "",
         f"backend {_NO_ROUTE}",
-        '  http-request return status 404 content-type text/plain string "no route\\n"',
+        '  http-request return status 404 content-type text/plain string "no route\\n"' + _ID,
         "",
         f"backend {ACTIVATOR_BACKEND}",
         f"  timeout server {_ms(held)}",

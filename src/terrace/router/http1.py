@@ -44,8 +44,9 @@ _REQUEST_KINDS: Final = {
     b"x-forwarded-prefix": _DROP,
 }
 _ACTIVATOR_KINDS: Final = {**_HOP_BY_HOP, b"host": _HOST, b"x-request-id": _REQUEST_ID}
-_RESPONSE_KINDS: Final = {**_HOP_BY_HOP, b"x-request-id": _DROP, b"content-length": _LENGTH}
-"""The response headers the plane reads or removes (Content-Length is only read)."""
+_RESPONSE_KINDS: Final = {**_HOP_BY_HOP, b"content-length": _LENGTH}
+"""The response headers the plane reads or removes (Content-Length is only read; an app's
+``X-Request-Id`` passes, as every header not hop-by-hop)."""
 _SPECIAL_FIRST: Final = frozenset(b"cCkKpPtTuUxX")
 """The first bytes of those names: other header lines are kept without a look at the name."""
 _CONNECTION_OPTIONS: Final = frozenset({b"close", b"keep-alive", b"upgrade", b""})

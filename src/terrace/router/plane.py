@@ -11,9 +11,12 @@ Behaviour every plane has (what the contract tests check):
 
 - HTTP/1.1 with keep-alive on both sides; request and response bodies streamed (chunked or
   sized) both ways, never buffered whole; WebSocket (``Upgrade``) passed through;
-- ``X-Request-Id`` kept when the client sent one, else a new one (also on the response);
-  ``X-Forwarded-For`` (appended), ``X-Forwarded-Proto``, ``X-Forwarded-Host``,
-  ``X-Forwarded-Port`` set; ``X-Forwarded-Prefix`` set to what was stripped;
+- request headers as Heroku's router sets them: ``X-Request-Id`` kept when the client sent
+  one, else a new one (version 4 UUID); ``X-Forwarded-For`` (appended), ``X-Forwarded-Proto``,
+  ``X-Forwarded-Port`` set; ``X-Forwarded-Prefix`` set to what was stripped; ``Host`` passed
+  as it came, and a client's ``X-Forwarded-Host`` (and other ``X-Forwarded-*``) removed. A
+  backend's response is passed with its own headers (but hop-by-hop ones): the plane adds no
+  id to it; the plane's own answers carry the request's id;
 - its own answers: 404 no route, 502 the backend failed before answering, 503 no backend (a
   sleeping pool's requests are held instead, up to the wake timeout), 504 the backend did not
   answer in time;
