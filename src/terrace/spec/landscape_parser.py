@@ -282,7 +282,7 @@ class _LandscapeParser:
         health = self._health(view)
         mount_sub_path = self._relative_path(view, "mountSubPath")
         sleep_after = self._sleep_after(view)
-        load_balancing = self._load_balancing(view)
+        load_balancing = view.choice("loadBalancing", LoadBalancing) or LoadBalancing.ROUND_ROBIN
         run_as_user = view.integer("runAsUser", minimum=0)
         run_as_group = view.integer("runAsGroup", minimum=0)
         mounts = self._volume_mounts(view)
@@ -341,21 +341,6 @@ class _LandscapeParser:
             )
             return None
         return float(seconds)
-
-    @staticmethod
-    def _load_balancing(view: MapView) -> LoadBalancing:
-        """``loadBalancing``: ``roundRobin`` (the default) or ``leastConnections``."""
-        value = view.get("loadBalancing")
-        if value is None:
-            return LoadBalancing.ROUND_ROBIN
-        known = {b.value: b for b in LoadBalancing}
-        if isinstance(value, str) and value in known:
-            return known[value]
-        view.error(
-            "loadBalancing",
-            f"loadBalancing {value!r} must be {' or '.join(known)}",
-        )
-        return LoadBalancing.ROUND_ROBIN
 
     def _image(self, view: MapView) -> str | None:
         image = view.string("image")

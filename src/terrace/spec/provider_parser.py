@@ -274,11 +274,8 @@ class _ProviderParser:
     ) -> PlanParameter | None:
         view = MapView(self.reader, path, value)
         view.check_keys(PARAMETER_KEYS, where=f"plan parameter `{key}`")
-        priced = view.string("pricedAs")
-        allowed = [p.value for p in PricedAs]
-        priced_ok = priced is None or priced in allowed
-        if not priced_ok:
-            view.error("pricedAs", f"pricedAs {priced!r} is not one of: {', '.join(allowed)}")
+        priced_as = view.choice("pricedAs", PricedAs)
+        priced_ok = priced_as is not None or view.get("pricedAs") is None
         schema = None
         if "schema" in view:
             schema = check_schema(
@@ -288,12 +285,11 @@ class _ProviderParser:
                 role=SchemaRole.PLAN_PARAMETER,
                 object_only=False,
             )
-        elif priced is None:
+        elif view.get("pricedAs") is None:
             view.error(None, f"plan parameter `{key}` needs `schema` (and optionally `pricedAs`)")
             return None
         if not priced_ok or ("schema" in view and schema is None):
             return None
-        priced_as = PricedAs(priced) if priced is not None else None
         return PlanParameter(name=key, priced_as=priced_as, schema=schema)
 
     # -- versions, capabilities, backups --------------------------------------------------------

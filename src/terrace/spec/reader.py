@@ -9,13 +9,16 @@ fallback so that parsing goes on and finds the next problem too.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 
 from terrace.spec.diagnostics import Collector, JsonPath, Mark, nearest
 from terrace.spec.document import Document
 from terrace.spec.expressions import ExpressionSyntaxError, Template, parse_template
 
 __all__ = ["MapView", "Reader", "describe"]
+
+_Choice = TypeVar("_Choice", bound=StrEnum)
 
 
 def describe(value: Any) -> str:
@@ -148,6 +151,19 @@ class MapView:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return self.raw(key) or str(value)
         self.error(key, f"`{key}` must be text, got {describe(value)}")
+        return None
+
+    def choice(self, key: str, kind: type[_Choice]) -> _Choice | None:
+        """One of ``kind``'s values; None when absent or not one of them (an error names them)."""
+        value = self.data.get(key)
+        if value is None:
+            return None
+        known = {choice.value: choice for choice in kind}
+        if isinstance(value, str) and value in known:
+            return known[value]
+        *others, last = known
+        options = f"{', '.join(others)} or {last}" if others else last
+        self.error(key, f"{key} {value!r} must be {options}")
         return None
 
     def integer(
