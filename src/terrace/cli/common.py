@@ -17,6 +17,7 @@ import typer
 from terrace.cli.client import ApiClient, CliError, UsageProblem
 from terrace.cli.config import Config, default_team, default_workspace, load_config, resolve_target
 from terrace.cli.output import Columns, print_error, print_json, print_record, print_table
+from terrace.router.haproxy_config import DEFAULT_THREADS, MAX_THREADS
 
 __all__ = [
     "ApiOption",
@@ -81,9 +82,9 @@ RouterThreadsOption = Annotated[
         "--router-threads",
         envvar="TERRACE_ROUTER_THREADS",
         min=1,
-        max=64,
-        help="HAProxy's threads (default: 1, which leaves the other cores to the apps; the "
-        "builtin plane runs one).",
+        max=MAX_THREADS,
+        help=f"HAProxy's threads (default: {DEFAULT_THREADS}, which leaves the other cores to "
+        "the apps; the builtin plane runs one).",
         show_default=False,
     ),
 ]
